@@ -1,0 +1,207 @@
+"""Forward-Forward layers and networks.
+
+A layer sees its input rescaled to a fixed length (only the direction of the previous
+layer's activity passes on), applies a linear map and a ReLU, and scores the result by its
+goodness
+
+.. math::
+
+    g(h) = \\sum_j h_j^2 \\quad\\text{or}\\quad g(h) = \\tfrac{1}{H} \\sum_j h_j^2,
+
+with :math:`p(\\text{positive}) = \\sigma(g - \\theta)`. Each layer is trained by its own
+loss (:func:`forwardforward.functional.ff_loss`) on detached inputs, so no gradient ever
+crosses a layer boundary.
+
+In supervised FF the label is written into the first ``C`` input features as a one-hot
+vector; a negative example is the same image carrying a wrong label.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from forwardforward.config import ModelConfig
+
+EPS = 1e-12  # keeps the rescaling finite (and its gradient finite) on an all-zero row
+
+
+def rescale(x: Tensor, unit: bool = False, eps: float = EPS) -> Tensor:
+    """Rescale each row of ``x`` to mean square 1 (length sqrt(D)), or to length 1.
+
+    .. math::
+
+        \\hat x = \\frac{x}{\\sqrt{\\operatorname{mean}(x^2) + \\epsilon}}
+        \\quad(\\text{divided once more by } \\sqrt{D} \\text{ when ``unit``})
+
+    The ``eps`` under the root makes an all-zero row map to zeros with a finite gradient,
+    where dividing by the norm (or adding eps outside the root) gives NaN.
+
+    Args:
+        x: activities, shape ``(B, D)``.
+        unit: scale to length 1 instead of sqrt(D).
+        eps: added to the mean square.
+
+    Returns:
+        Tensor of shape ``(B, D)``.
+    """
+    ms = x.float().pow(2).mean(dim=1, keepdim=True)  # (B, 1), float32 even under bf16
+    if unit:
+        ms = ms * x.shape[1]
+    return x * torch.rsqrt(ms + eps).to(x.dtype)
+
+
+def goodness(h: Tensor, kind: str = "sum") -> Tensor:
+    """Goodness of each row: :math:`\\sum_j h_j^2` (``"sum"``) or its mean (``"mean"``).
+
+    Summed in float32 whatever the dtype of ``h``. Returns shape ``(B,)``.
+    """
+    g = h.float().pow(2).sum(dim=1)  # (B,)
+    return g / h.shape[1] if kind == "mean" else g
+
+
+def overlay_labels(x: Tensor, y: Tensor, num_classes: int, value: float = 1.0) -> Tensor:
+    """Copy of ``x`` with the first ``num_classes`` features replaced by one-hot ``y``.
+
+    Args:
+        x: images, shape ``(B, D)``.
+        y: labels, shape ``(B,)``, int64 in ``0..num_classes-1``.
+
+    Returns:
+        Tensor of shape ``(B, D)``.
+    """
+    out = x.clone()
+    out[:, :num_classes] = 0
+    out.scatter_(1, y[:, None], value)
+    return out
+
+
+def overlay_neutral(x: Tensor, num_classes: int, value: float = 1.0) -> Tensor:
+    """Copy of ``x`` whose first ``num_classes`` features all equal ``value / num_classes``."""
+    out = x.clone()
+    out[:, :num_classes] = value / num_classes
+    return out
+
+
+def wrong_labels(y: Tensor, num_classes: int, generator: torch.Generator | None = None) -> Tensor:
+    """A label drawn uniformly among the ``num_classes - 1`` wrong ones, for each of ``y``.
+
+    .. math:: y^- = (y + k) \\bmod C, \\quad k \\sim \\mathcal{U}\\{1, \\dots, C - 1\\}
+
+    so the true label is never drawn (a permutation of the batch's labels keeps it about
+    one time in ten, and always on a batch of one class).
+    """
+    k = torch.randint(1, num_classes, y.shape, device=y.device, generator=generator)
+    return (y + k) % num_classes
+
+
+class FFLayer(nn.Module):
+    """One Forward-Forward layer: rescale, linear, ReLU.
+
+    .. math:: h = \\operatorname{relu}(W \\hat x + b)
+    """
+
+    def __init__(self, in_features: int, out_features: int, unit_norm: bool = False) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.unit_norm = unit_norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.linear(rescale(x, self.unit_norm)))
+
+
+class FFNet(nn.Module):
+    """A stack of :class:`FFLayer` with its per-layer thresholds and label overlay.
+
+    Args:
+        in_features: input width ``D`` (the label occupies its first ``num_classes``).
+        config: widths, goodness, thresholds.
+        num_classes: number of labels ``C``.
+    """
+
+    def __init__(self, in_features: int, config: ModelConfig, num_classes: int = 10) -> None:
+        super().__init__()
+        if in_features <= num_classes:
+            raise ValueError(f"input width {in_features} leaves no room for {num_classes} labels")
+        self.config = config
+        self.num_classes = num_classes
+        widths = (in_features, *config.layers)
+        unit = config.norm_scale == "unit"
+        self.layers = nn.ModuleList(
+            FFLayer(a, b, unit) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.thetas = [config.theta(w) for w in config.layers]
+
+    def layer_goodness(self, x: Tensor) -> Tensor:
+        """Goodness of every layer for inputs ``x`` (labels already written in).
+
+        Returns:
+            Tensor of shape ``(L, B)``, float32.
+        """
+        out = []
+        for layer in self.layers:
+            x = layer(x)
+            out.append(goodness(x, self.config.goodness))
+        return torch.stack(out)  # (L, B)
+
+    def activities(self, x: Tensor) -> list[Tensor]:
+        """The rescaled activities of every layer for inputs ``x``, each ``(B, H_l)``."""
+        out = []
+        for layer in self.layers:
+            x = layer(x)
+            out.append(rescale(x, layer.unit_norm))
+        return out
+
+    def label_scores(self, x: Tensor, first_layer: int | None = None) -> Tensor:
+        """Goodness summed over layers for every label, all labels in one batched pass.
+
+        The paper's rule sums over all layers but the first; a one-layer net uses its only
+        layer.
+
+        Args:
+            x: images, shape ``(B, D)``.
+            first_layer: first layer counted (default: 1, or 0 for a one-layer net).
+
+        Returns:
+            Tensor of shape ``(B, C)``: the score of each label.
+        """
+        B, D = x.shape
+        C = self.num_classes
+        if first_layer is None:
+            first_layer = 1 if len(self.layers) > 1 else 0
+
+        y = torch.arange(C, device=x.device).repeat(B)  # (B*C,)
+        xc = overlay_labels(x.repeat_interleave(C, dim=0), y, C, self.config.label_value)
+        g = self.layer_goodness(xc)  # (L, B*C)
+        return g[first_layer:].sum(dim=0).view(B, C)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """The label of highest summed goodness for each image, shape ``(B,)``."""
+        return self.label_scores(x).argmax(dim=1)
+
+
+class Readout(nn.Module):
+    """Linear softmax classifier on the rescaled activities of layers 2..L.
+
+    It sees each image with a neutral label (every label pixel equal) and is trained by
+    cross-entropy on detached activities, so no gradient reaches the FF layers. With a
+    one-layer net it reads that layer.
+    """
+
+    def __init__(self, net: FFNet) -> None:
+        super().__init__()
+        widths = net.config.layers
+        self.first = 1 if len(widths) > 1 else 0
+        self.linear = nn.Linear(sum(widths[self.first :]), net.num_classes)
+
+    def features(self, net: FFNet, x: Tensor) -> Tensor:
+        """Concatenated activities of the read layers, shape ``(B, sum H_l)``, detached."""
+        with torch.no_grad():
+            xn = overlay_neutral(x, net.num_classes, net.config.label_value)
+            hs = net.activities(xn)[self.first :]
+            return torch.cat(hs, dim=1).float()
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features)  # (B, C) logits
