@@ -42,7 +42,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 # n bytes never inflates to more than this many times n (plus a little slack).
 MAX_DEFLATE_RATIO = 1032
 
-_CHUNK = 1 << 20  # bytes of compressed input read at a time
+_CHUNK = 1 << 16  # bytes of compressed input read at a time
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
