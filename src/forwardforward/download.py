@@ -207,6 +207,8 @@ def _stream(request: urllib.request.Request, out, label: str, *, progress: bool,
                     h.update(chunk)
                     out.write(chunk)
                     bar.update(len(chunk))
+            if total is not None and written != total:
+                raise _MirrorFailed(f"sent {written} of the {total} bytes it announced")
     except urllib.error.HTTPError as err:
         raise _MirrorFailed(f"HTTP {err.code} {err.reason}") from err
     except urllib.error.URLError as err:
