@@ -1,6 +1,5 @@
 """Softplus family (placeholder: replaced by the full, tested module)."""
 
-import torch
 import torch.nn.functional as F
 
 
