@@ -36,7 +36,8 @@ class Parser(argparse.ArgumentParser):
 def bundled_configs() -> list[str]:
     """Names of the settings shipped with the package (``--config NAME``)."""
     folder = resources.files("forwardforward") / "configs"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    names = (p.name for p in folder.iterdir())
+    return sorted(n.removesuffix(".toml") for n in names if n.endswith(".toml"))
 
 
 def resolve_config_file(name: str) -> Path:
@@ -45,9 +46,8 @@ def resolve_config_file(name: str) -> Path:
         return Path(name)
     if name in bundled_configs():
         return Path(str(resources.files("forwardforward") / "configs" / f"{name}.toml"))
-    raise ConfigError(
-        f"--config {name}: no such file or bundled setting; bundled: {', '.join(bundled_configs())}"
-    )
+    known = ", ".join(bundled_configs())
+    raise ConfigError(f"--config {name}: no such file or bundled setting; bundled: {known}")
 
 
 def _parse_layers(text: str) -> tuple[int, ...]:

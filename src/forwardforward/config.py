@@ -59,6 +59,7 @@ class ModelConfig:
     alpha: float = 4.0  # SymBa's margin scale
     peer_norm: float = 0.0  # weight of the peer-normalization penalty (0: off)
     label_value: float = 1.0  # value written into the label pixel
+    score_layers: Literal["skip-first", "all"] = "skip-first"  # goodness summed to predict
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(w) for w in self.layers))
@@ -77,6 +78,7 @@ class ModelConfig:
         if not (math.isfinite(self.peer_norm) and self.peer_norm >= 0):
             raise ConfigError(f"peer-norm must be >= 0, got {self.peer_norm!r}")
         _positive("label-value", self.label_value)
+        _choice("score-layers", self.score_layers, ("skip-first", "all"))
 
     def theta(self, width: int) -> float:
         """The threshold of a layer of ``width`` units."""

@@ -156,12 +156,12 @@ class FFNet(nn.Module):
     def label_scores(self, x: Tensor, first_layer: int | None = None) -> Tensor:
         """Goodness summed over layers for every label, all labels in one batched pass.
 
-        The paper's rule sums over all layers but the first; a one-layer net uses its only
-        layer.
+        The paper's rule (``score_layers="skip-first"``) sums over all layers but the first;
+        a one-layer net uses its only layer. ``"all"`` sums over every layer.
 
         Args:
             x: images, shape ``(B, D)``.
-            first_layer: first layer counted (default: 1, or 0 for a one-layer net).
+            first_layer: first layer counted (default: from ``score_layers``).
 
         Returns:
             Tensor of shape ``(B, C)``: the score of each label.
@@ -169,7 +169,8 @@ class FFNet(nn.Module):
         B, D = x.shape
         C = self.num_classes
         if first_layer is None:
-            first_layer = 1 if len(self.layers) > 1 else 0
+            skip = self.config.score_layers == "skip-first" and len(self.layers) > 1
+            first_layer = 1 if skip else 0
 
         y = torch.arange(C, device=x.device).repeat(B)  # (B*C,)
         xc = overlay_labels(x.repeat_interleave(C, dim=0), y, C, self.config.label_value)

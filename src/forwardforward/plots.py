@@ -28,7 +28,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
     for key, name in (("train_error", "train (fixed subset)"), ("test_error", "test")):
         pts = [(r["epoch"], 100 * r[key]) for r in rows if r.get(key) not in (None, "")]
         if pts:
-            ax_err.plot(*zip(*pts), marker="o", label=name)
+            ax_err.plot(*zip(*pts, strict=True), marker="o", label=name)
     ax_err.set(title="error (%)", xlabel="epoch", yscale="log")
 
     for ax in (ax_loss, ax_g, ax_err):

@@ -48,7 +48,8 @@ def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 matrix products run natively: AVX512-BF16 or AMX on CPU, sm80+ on CUDA."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    mkldnn = torch.backends.mkldnn.is_available()
+    return bool(mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
@@ -84,7 +85,8 @@ class EpochResult:
     def row(self) -> dict[str, Any]:
         """A flat row for ``metrics.csv``."""
         out: dict[str, Any] = {"epoch": self.epoch}
-        for i, (lo, gp, gn) in enumerate(zip(self.loss, self.goodness_pos, self.goodness_neg)):
+        per_layer = zip(self.loss, self.goodness_pos, self.goodness_neg, strict=True)
+        for i, (lo, gp, gn) in enumerate(per_layer):
             out |= {f"loss_{i + 1}": lo, f"g_pos_{i + 1}": gp, f"g_neg_{i + 1}": gn}
         out |= {
             "train_error": self.train_error,
@@ -158,7 +160,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- steps
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        enabled = self.dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
 
     def _layer_step(self, i: int, h: Tensor, B: int) -> tuple[Tensor, Tensor]:
         """One optimizer step of layer ``i`` on ``h`` = positives over negatives ``(2B, D)``.
@@ -286,8 +289,10 @@ class Trainer:
             last = self.epoch == self.total_epochs
             evaluate = last or self.epoch % tc.eval_every == 0
             start = time.perf_counter()
-            train_error = self.error(data["x_train_eval"], data["y_train_eval"]) if evaluate else None
-            test_error = self.error(data["x_test"], data["y_test"]) if evaluate else None
+            train_error = test_error = None
+            if evaluate:
+                train_error = self.error(data["x_train_eval"], data["y_train_eval"])
+                test_error = self.error(data["x_test"], data["y_test"])
             mean = stats.tolist()
             result = EpochResult(
                 epoch=self.epoch,
