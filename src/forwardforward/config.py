@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -151,16 +153,48 @@ class RunConfig:
                 raise ConfigError(
                     f"{source}: unknown key(s) {sorted(bad)} in [{name}]; known: {sorted(known)}"
                 )
+            hints = typing.get_type_hints(klass)
+            for key, value in table.items():
+                if not _has_type(value, hints[key]):
+                    raise ConfigError(f"{source}: [{name}] {key} must be {_type_name(hints[key])}"
+                                      f", got {value!r}")
             try:
                 built[name] = klass(**table)
-            except TypeError as err:
-                raise ConfigError(f"{source}: [{name}]: {err}") from None
+            except (TypeError, ConfigError) as err:
+                raise ConfigError(f"{source}: [{name}] {err}") from None
         return cls(**built)
 
     def replace(self, **tables: dict[str, Any]) -> RunConfig:
         """A copy with the given fields of each table replaced."""
         new = {n: dataclasses.replace(getattr(self, n), **v) for n, v in tables.items() if v}
         return dataclasses.replace(self, **new)
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    """Whether a TOML or JSON value fits a field's annotation (choices are checked later)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is types.UnionType:
+        return any(_has_type(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, list | tuple) and all(_has_type(v, args[0]) for v in value)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind in (str, type(None)):
+        return isinstance(value, kind)
+    return True
+
+
+def _type_name(kind: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if typing.get_origin(kind) is types.UnionType:
+        return " or ".join(_type_name(a) for a in typing.get_args(kind) if a is not type(None))
+    if typing.get_origin(kind) is tuple:
+        return "a list of integers"
+    return names.get(kind, str(kind))
 
 
 def load_toml(path: str | Path) -> RunConfig:

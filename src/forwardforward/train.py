@@ -41,7 +41,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available; use cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for, but this machine has "
+                          f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    return device
 
 
 def bf16_is_fast(device: torch.device) -> bool:
@@ -252,6 +256,18 @@ class Trainer:
                 )
 
     @torch.no_grad()
+    def _check_weights(self) -> None:
+        """Refuse to finish an epoch whose weights are non-finite (one host sync)."""
+        parts = [(f"layer {i + 1}", layer) for i, layer in enumerate(self.net.layers)]
+        parts.append(("the softmax read-out", self.readout))
+        finite = torch.stack(
+            [torch.stack([p.isfinite().all() for p in m.parameters()]).all() for _, m in parts]
+        ).tolist()  # (L + 1,)
+        for (name, _), ok in zip(parts, finite, strict=True):
+            if not ok:
+                raise TrainingError(f"non-finite weights in epoch {self.epoch + 1}, {name}")
+
+    @torch.no_grad()
     def predictions(self, x: Tensor) -> Tensor:
         """Predicted labels ``(N,)`` for images ``(N, D)``, in chunks of EVAL_BATCH."""
         chunks = [self.predict(x[s : s + EVAL_BATCH]) for s in range(0, x.shape[0], EVAL_BATCH)]
@@ -284,6 +300,7 @@ class Trainer:
         results = []
         while self.epoch < self.total_epochs:
             stats, seconds = self.train_epoch(data["x_train"], data["y_train"], progress)
+            self._check_weights()
             self.epoch += 1
             tc = self.config.train
             last = self.epoch == self.total_epochs
@@ -352,7 +369,9 @@ def hard_wrong_labels(net: FFNet, x: Tensor, y: Tensor, generator, autocast) -> 
     """
     with autocast():
         s = net.label_scores(x).float()  # (B, C)
-    s = s.scatter(1, y[:, None], float("-inf"))
+    # NOTE: a diverged net scores NaN, on which multinomial raises; sampling uniformly
+    # instead lets the loss check report the divergence with its epoch and layer
+    s = torch.nan_to_num(s, nan=0.0).scatter(1, y[:, None], float("-inf"))
     p = torch.softmax(s, dim=1)  # (B, C), zero at the true label
     return torch.multinomial(p, 1, generator=generator).squeeze(1)
 
