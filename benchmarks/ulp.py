@@ -1,0 +1,174 @@
+"""Worst-case error in ulp of the softplus family against an mpmath oracle.
+
+For each function and dtype the inputs are a grid of that dtype's numbers reaching +-1e4
+(log-spaced from tiny magnitudes, plus a dense linear part around 0, plus the switch
+points of the formulas); the exact result is computed with mpmath at ``--dps`` digits and
+the error is measured in ulp of the dtype at the exact value (the spacing of the dtype's
+numbers there, subnormal spacing below the normal range). Prints a Markdown table, with
+``torch.nn.functional.softplus`` and the textbook form beside ours for comparison.
+
+    PYTHONPATH=src python benchmarks/ulp.py            # about a minute on 2 cores
+    PYTHONPATH=src python benchmarks/ulp.py --points 500 --dps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+
+import mpmath
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from forwardforward import functional as FF
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+# (precision in bits, exponent of the smallest normal number)
+FORMAT = {
+    torch.float64: (53, -1022),
+    torch.float32: (24, -126),
+    torch.float16: (11, -14),
+    torch.bfloat16: (8, -126),
+}
+
+
+def ulp(v: mpmath.mpf, dtype: torch.dtype) -> mpmath.mpf:
+    """Spacing of ``dtype``'s numbers at the exact value ``v``."""
+    prec, emin = FORMAT[dtype]
+    e = emin if v == 0 else max(int(mpmath.floor(mpmath.log(abs(v), 2))), emin)
+    return mpmath.ldexp(1, e - prec + 1)
+
+
+def worst_ulp(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    oracle: Callable[[mpmath.mpf], mpmath.mpf],
+    grid: np.ndarray,
+    dtype: torch.dtype,
+    device: str,
+) -> tuple[float, float]:
+    """Largest error of ``fn`` over ``grid`` (rounded to ``dtype``), and where it occurs."""
+    x = torch.tensor(grid, dtype=torch.float64).to(dtype)
+    x = torch.unique(x[torch.isfinite(x)])
+    out = fn(x.to(device)).cpu().double().tolist()
+    biggest = float(torch.finfo(dtype).max)
+
+    worst, at = 0.0, math.nan
+    for xi, yi in zip(x.double().tolist(), out, strict=True):
+        exact = oracle(mpmath.mpf(xi))
+        if abs(exact) > biggest:
+            continue  # the exact value is not a finite number of this dtype
+        if math.isfinite(yi):
+            err = float(abs(mpmath.mpf(yi) - exact) / ulp(exact, dtype))
+        else:
+            err = math.inf
+        if err > worst:
+            worst, at = err, xi
+    return worst, at
+
+
+def x_grid(points: int) -> np.ndarray:
+    """Zero, +-[1e-30, 1e4] log-spaced, [-60, 60] linear, and the usual trouble spots."""
+    mags = np.logspace(-30, 4, points)
+    special = [20.0, 21.0, 30.0, 36.7, 88.7, 100.0, 709.8, 745.2, 1e4]
+    lin = np.linspace(-60.0, 60.0, 2 * points + 1)
+    return np.concatenate([[0.0], mags, -mags, lin, special, np.negative(special)])
+
+
+def y_grid(points: int, dtype: torch.dtype) -> np.ndarray:
+    """Positive inputs of the inverse: the dtype's tiniest up to 1e4, dense around log 2."""
+    tiny = max(float(torch.finfo(dtype).smallest_normal) * 2.0 ** -FORMAT[dtype][0], 5e-324)
+    mags = np.logspace(math.log10(tiny), 4, points)
+    near = np.linspace(0.2, 3.0, 2 * points + 1)
+    special = [tiny, 1e-30, 0.35, math.log(2.0), 2.0, 100.0, 1e4]
+    return np.concatenate([mags, near, special])
+
+
+def zeta(v: mpmath.mpf) -> mpmath.mpf:
+    return mpmath.log1p(mpmath.exp(v))
+
+
+def cases(points: int, dtype: torch.dtype):
+    """Yield (name, ours, oracle, grid, torch's or the textbook form or None)."""
+    xs = x_grid(points)
+    for beta in (1.0, 3.0, 0.1):
+        b = mpmath.mpf(beta)
+        yield (
+            f"softplus, beta={beta:g}",
+            lambda x, beta=beta: FF.softplus(x, beta),
+            lambda v, b=b: zeta(b * v) / b,
+            xs,
+            lambda x, beta=beta: F.softplus(x, beta),
+        )
+    yield "log_sigmoid", FF.log_sigmoid, lambda v: -zeta(-v), xs, F.logsigmoid
+    yield (
+        "log1m_sigmoid",
+        FF.log1m_sigmoid,
+        lambda v: -zeta(v),
+        xs,
+        lambda x: torch.log1p(-torch.sigmoid(x)),
+    )
+    for beta in (1.0, 3.0):
+        b = mpmath.mpf(beta)
+        yield (
+            f"inverse_softplus, beta={beta:g}",
+            lambda y, beta=beta: FF.inverse_softplus(y, beta),
+            lambda v, b=b: mpmath.log(mpmath.expm1(b * v)) / b,
+            y_grid(points, dtype),
+            lambda y, beta=beta: torch.log(torch.expm1(beta * y)) / beta,
+        )
+    yield (
+        "softplus_loss, sign (y=-1)",
+        lambda z: FF.softplus_loss(z, -torch.ones_like(z), reduction="none"),
+        lambda v: zeta(v),
+        xs,
+        lambda z: F.soft_margin_loss(z, -torch.ones_like(z), reduction="none"),
+    )
+    for p in (0.1, 0.3, 0.7, 0.999):
+        p_d = float(torch.tensor(p, dtype=dtype))
+        pm = mpmath.mpf(p_d)
+        yield (
+            f"softplus_loss, probability {p}",
+            lambda z, p=p: FF.softplus_loss(
+                z, torch.full_like(z, p), target_format="probability", reduction="none"
+            ),
+            lambda v, pm=pm: pm * zeta(-v) + (1 - pm) * zeta(v),
+            xs,
+            lambda z, p=p: F.binary_cross_entropy_with_logits(
+                z, torch.full_like(z, p), reduction="none"
+            ),
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=2000, help="log-spaced points per side")
+    parser.add_argument("--dps", type=int, default=60, help="mpmath decimal digits")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    args = parser.parse_args()
+    mpmath.mp.dps = args.dps
+
+    start = time.perf_counter()
+    print(f"worst error in ulp; {args.points} points per side, mpmath at {args.dps} digits, "
+          f"device {args.device}, torch {torch.__version__}\n")
+    print("| function | dtype | ours (ulp) | at input | reference form (ulp) |")
+    print("|---|---|---:|---:|---:|")
+    for name in args.dtypes:
+        dtype = DTYPES[name]
+        for label, ours, oracle, grid, ref in cases(args.points, dtype):
+            w, at = worst_ulp(ours, oracle, grid, dtype, args.device)
+            r, _ = worst_ulp(ref, oracle, grid, dtype, args.device)
+            print(f"| {label} | {name} | {w:.3f} | {at:.6g} | {r:.3g} |", flush=True)
+    print(f"\n({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
