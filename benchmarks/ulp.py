@@ -17,6 +17,7 @@ import argparse
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import mpmath
 import numpy as np
@@ -47,46 +48,51 @@ def ulp(v: mpmath.mpf, dtype: torch.dtype) -> mpmath.mpf:
     return mpmath.ldexp(1, e - prec + 1)
 
 
+def dtype_inputs(grid: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """The grid rounded to ``dtype``: distinct finite numbers of that dtype."""
+    x = torch.tensor(grid, dtype=torch.float64).to(dtype)
+    return torch.unique(x[torch.isfinite(x)])
+
+
+def exact(oracle: Callable[[mpmath.mpf], mpmath.mpf], x: torch.Tensor) -> list[mpmath.mpf]:
+    return [oracle(mpmath.mpf(v)) for v in x.double().tolist()]
+
+
 def worst_ulp(
     fn: Callable[[torch.Tensor], torch.Tensor],
-    oracle: Callable[[mpmath.mpf], mpmath.mpf],
-    grid: np.ndarray,
-    dtype: torch.dtype,
+    x: torch.Tensor,
+    truth: list[mpmath.mpf],
     device: str,
 ) -> tuple[float, float]:
-    """Largest error of ``fn`` over ``grid`` (rounded to ``dtype``), and where it occurs."""
-    x = torch.tensor(grid, dtype=torch.float64).to(dtype)
-    x = torch.unique(x[torch.isfinite(x)])
+    """Largest error of ``fn`` on ``x`` against the exact values, and the input where."""
+    dtype = x.dtype
     out = fn(x.to(device)).cpu().double().tolist()
     biggest = float(torch.finfo(dtype).max)
 
     worst, at = 0.0, math.nan
-    for xi, yi in zip(x.double().tolist(), out, strict=True):
-        exact = oracle(mpmath.mpf(xi))
-        if abs(exact) > biggest:
+    for xi, yi, ex in zip(x.double().tolist(), out, truth, strict=True):
+        if abs(ex) > biggest:
             continue  # the exact value is not a finite number of this dtype
-        if math.isfinite(yi):
-            err = float(abs(mpmath.mpf(yi) - exact) / ulp(exact, dtype))
-        else:
-            err = math.inf
+        err = float(abs(mpmath.mpf(yi) - ex) / ulp(ex, dtype)) if math.isfinite(yi) else math.inf
         if err > worst:
             worst, at = err, xi
     return worst, at
 
 
-def x_grid(points: int) -> np.ndarray:
-    """Zero, +-[1e-30, 1e4] log-spaced, [-60, 60] linear, and the usual trouble spots."""
+def x_grid(points: int, rng: np.random.Generator) -> np.ndarray:
+    """Zero, +-[1e-30, 1e4] log-spaced, [-60, 60] linear and random, and trouble spots."""
     mags = np.logspace(-30, 4, points)
     special = [20.0, 21.0, 30.0, 36.7, 88.7, 100.0, 709.8, 745.2, 1e4]
     lin = np.linspace(-60.0, 60.0, 2 * points + 1)
-    return np.concatenate([[0.0], mags, -mags, lin, special, np.negative(special)])
+    rand = np.concatenate([rng.uniform(-60, 60, 2 * points), rng.uniform(-800, 800, points)])
+    return np.concatenate([[0.0], mags, -mags, lin, rand, special, np.negative(special)])
 
 
-def y_grid(points: int, dtype: torch.dtype) -> np.ndarray:
+def y_grid(points: int, dtype: torch.dtype, rng: np.random.Generator) -> np.ndarray:
     """Positive inputs of the inverse: the dtype's tiniest up to 1e4, dense around log 2."""
     tiny = max(float(torch.finfo(dtype).smallest_normal) * 2.0 ** -FORMAT[dtype][0], 5e-324)
     mags = np.logspace(math.log10(tiny), 4, points)
-    near = np.linspace(0.2, 3.0, 2 * points + 1)
+    near = np.concatenate([np.linspace(0.2, 3.0, 2 * points + 1), rng.uniform(0, 5, 2 * points)])
     special = [tiny, 1e-30, 0.35, math.log(2.0), 2.0, 100.0, 1e4]
     return np.concatenate([mags, near, special])
 
@@ -95,56 +101,86 @@ def zeta(v: mpmath.mpf) -> mpmath.mpf:
     return mpmath.log1p(mpmath.exp(v))
 
 
-def cases(points: int, dtype: torch.dtype):
-    """Yield (name, ours, oracle, grid, torch's or the textbook form or None)."""
-    xs = x_grid(points)
+@dataclass(frozen=True)
+class Case:
+    name: str
+    ours: Callable[[torch.Tensor], torch.Tensor]
+    oracle: Callable[[mpmath.mpf], mpmath.mpf]
+    grid: np.ndarray
+    ref_name: str  # PyTorch's function or the textbook form, measured beside ours
+    ref: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _loss(z: torch.Tensor, q: float, fmt: str) -> torch.Tensor:
+    return FF.softplus_loss(z, torch.full_like(z, q), target_format=fmt, reduction="none")
+
+
+def cases(points: int, dtype: torch.dtype, seed: int = 0) -> list[Case]:
+    rng = np.random.default_rng(seed)
+    xs = x_grid(points, rng)
+    out = []
     for beta in (1.0, 3.0, 0.1):
         b = mpmath.mpf(beta)
-        yield (
-            f"softplus, beta={beta:g}",
-            lambda x, beta=beta: FF.softplus(x, beta),
-            lambda v, b=b: zeta(b * v) / b,
-            xs,
-            lambda x, beta=beta: F.softplus(x, beta),
+        out.append(
+            Case(
+                f"softplus, beta={beta:g}",
+                lambda x, beta=beta: FF.softplus(x, beta),
+                lambda v, b=b: zeta(b * v) / b,
+                xs,
+                "F.softplus",
+                lambda x, beta=beta: F.softplus(x, beta),
+            )
         )
-    yield "log_sigmoid", FF.log_sigmoid, lambda v: -zeta(-v), xs, F.logsigmoid
-    yield (
-        "log1m_sigmoid",
-        FF.log1m_sigmoid,
-        lambda v: -zeta(v),
-        xs,
-        lambda x: torch.log1p(-torch.sigmoid(x)),
+    out.append(
+        Case("log_sigmoid", FF.log_sigmoid, lambda v: -zeta(-v), xs, "F.logsigmoid", F.logsigmoid)
+    )
+    out.append(
+        Case(
+            "log1m_sigmoid",
+            FF.log1m_sigmoid,
+            lambda v: -zeta(v),
+            xs,
+            "log1p(-sigmoid(x))",
+            lambda x: torch.log1p(-torch.sigmoid(x)),
+        )
     )
     for beta in (1.0, 3.0):
         b = mpmath.mpf(beta)
-        yield (
-            f"inverse_softplus, beta={beta:g}",
-            lambda y, beta=beta: FF.inverse_softplus(y, beta),
-            lambda v, b=b: mpmath.log(mpmath.expm1(b * v)) / b,
-            y_grid(points, dtype),
-            lambda y, beta=beta: torch.log(torch.expm1(beta * y)) / beta,
+        out.append(
+            Case(
+                f"inverse_softplus, beta={beta:g}",
+                lambda y, beta=beta: FF.inverse_softplus(y, beta),
+                lambda v, b=b: mpmath.log(mpmath.expm1(b * v)) / b,
+                y_grid(points, dtype, rng),
+                "log(expm1(beta y)) / beta",
+                lambda y, beta=beta: torch.log(torch.expm1(beta * y)) / beta,
+            )
         )
-    yield (
-        "softplus_loss, sign (y=-1)",
-        lambda z: FF.softplus_loss(z, -torch.ones_like(z), reduction="none"),
-        lambda v: zeta(v),
-        xs,
-        lambda z: F.soft_margin_loss(z, -torch.ones_like(z), reduction="none"),
+    out.append(
+        Case(
+            "softplus_loss, sign, y = -1",
+            lambda z: _loss(z, -1.0, "sign"),
+            zeta,
+            xs,
+            "F.soft_margin_loss",
+            lambda z: F.soft_margin_loss(z, -torch.ones_like(z), reduction="none"),
+        )
     )
     for p in (0.1, 0.3, 0.7, 0.999):
-        p_d = float(torch.tensor(p, dtype=dtype))
-        pm = mpmath.mpf(p_d)
-        yield (
-            f"softplus_loss, probability {p}",
-            lambda z, p=p: FF.softplus_loss(
-                z, torch.full_like(z, p), target_format="probability", reduction="none"
-            ),
-            lambda v, pm=pm: pm * zeta(-v) + (1 - pm) * zeta(v),
-            xs,
-            lambda z, p=p: F.binary_cross_entropy_with_logits(
-                z, torch.full_like(z, p), reduction="none"
-            ),
+        pm = mpmath.mpf(float(torch.tensor(p, dtype=dtype)))  # p as the dtype holds it
+        out.append(
+            Case(
+                f"softplus_loss, probability, p = {p}",
+                lambda z, p=p: _loss(z, p, "probability"),
+                lambda v, pm=pm: pm * zeta(-v) + (1 - pm) * zeta(v),
+                xs,
+                "F.binary_cross_entropy_with_logits",
+                lambda z, p=p: F.binary_cross_entropy_with_logits(
+                    z, torch.full_like(z, p), reduction="none"
+                ),
+            )
         )
+    return out
 
 
 def main() -> None:
@@ -157,16 +193,23 @@ def main() -> None:
     mpmath.mp.dps = args.dps
 
     start = time.perf_counter()
-    print(f"worst error in ulp; {args.points} points per side, mpmath at {args.dps} digits, "
-          f"device {args.device}, torch {torch.__version__}\n")
-    print("| function | dtype | ours (ulp) | at input | reference form (ulp) |")
-    print("|---|---|---:|---:|---:|")
+    print(
+        f"worst error in ulp; {args.points} points per side, mpmath at {args.dps} digits, "
+        f"device {args.device}, torch {torch.__version__}\n"
+    )
+    print("| function | dtype | ours (ulp) | at input | reference form | its ulp |")
+    print("|---|---|---:|---:|---|---:|")
     for name in args.dtypes:
         dtype = DTYPES[name]
-        for label, ours, oracle, grid, ref in cases(args.points, dtype):
-            w, at = worst_ulp(ours, oracle, grid, dtype, args.device)
-            r, _ = worst_ulp(ref, oracle, grid, dtype, args.device)
-            print(f"| {label} | {name} | {w:.3f} | {at:.6g} | {r:.3g} |", flush=True)
+        for case in cases(args.points, dtype):
+            x = dtype_inputs(case.grid, dtype)
+            truth = exact(case.oracle, x)
+            w, at = worst_ulp(case.ours, x, truth, args.device)
+            r, _ = worst_ulp(case.ref, x, truth, args.device)
+            print(
+                f"| {case.name} | {name} | {w:.3f} | {at:.6g} | {case.ref_name} | {r:.3g} |",
+                flush=True,
+            )
     print(f"\n({time.perf_counter() - start:.0f} s)")
 
 

@@ -40,10 +40,11 @@ sharpness :math:`\beta > 0`. Every function below refers to these identities by 
 
 Numerics shared by all functions: float16 and bfloat16 inputs are computed in float32 and
 rounded once; float32 and float64 are computed in their own dtype. A sharpness
-:math:`\beta` other than a power of two makes :math:`\beta x` inexact; its rounding error
-:math:`e` is recovered exactly (see ``_scale``) and added to first order, which keeps the
-result within 2 ulp even where :math:`\zeta` is ill-conditioned (:math:`\beta x \ll 0`).
-This module is pure: no state, no logging, no I/O.
+:math:`\beta` other than a power of two makes :math:`\beta x` and the division by
+:math:`\beta` inexact; their rounding errors are recovered exactly (Dekker's product,
+Knuth's TwoSum) and added back to first order, which keeps the result accurate even where
+:math:`\zeta` is ill-conditioned (:math:`\beta x \ll 0`). Measured worst errors are in
+docs/functional.md. This module is pure: no state, no logging, no I/O.
 """
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ def _check_float(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must have a float dtype, got {x.dtype}; cast it with .float()")
+
+
+def _has_float64(device: torch.device) -> bool:
+    """Whether the device computes in float64 (Apple's MPS does not)."""
+    return device.type != "mps"
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -248,9 +254,12 @@ def softplus(x: Tensor, beta: float = 1.0, threshold: float | None = None) -> Te
     .. math::
         \zeta_\beta(x) = \frac{1}{\beta} \log(1 + e^{\beta x})
 
-    Computed as (S1) on :math:`t = \beta x`, which never exponentiates a positive number,
-    plus the first-order correction :math:`\sigma(t)\,e` for the rounding error :math:`e` of
-    :math:`\beta x`. The gradient is (S3), :math:`\sigma(\beta x)`, exactly 1/2 at 0.
+    Computed as (S1) on :math:`t = \beta x`, which never exponentiates a positive number.
+    For :math:`\beta \ne 1`, float32 is computed in float64 and rounded once; float64 (and
+    float32 on devices without float64) adds the first-order corrections for the rounding
+    of :math:`\beta x` and of the division by :math:`\beta`, and takes
+    :math:`e^{t - \log\beta}` where :math:`t < -40`, so no subnormal step loses digits.
+    The gradient is (S3), :math:`\sigma(\beta x)`, exactly 1/2 at 0.
 
     Args:
         x: input of any shape and float dtype.
@@ -265,12 +274,13 @@ def softplus(x: Tensor, beta: float = 1.0, threshold: float | None = None) -> Te
         ValueError: ``beta`` not positive and finite, ``threshold`` NaN, ``x`` not float.
 
     Note:
-        Within 1.5 ulp of the exact value in float32 and float64 for :math:`\beta = 1`, and
-        within 2 ulp for other :math:`\beta` but in float32, where the log-sigmoid kernel's
-        own 1.4 ulp and the final rounding can reach 2.1 ulp (docs/functional.md). A
-        :math:`\beta` that is not a power of two costs about 25 extra elementwise ops.
-        For float32 inputs :math:`\beta` must lie in float32's normal range.
-        Limitation: where :math:`\beta x` overflows the dtype the result is inf, not x.
+        Within 1.5 ulp of the exact value for :math:`\beta = 1`; for other :math:`\beta`
+        within 0.5 ulp in float32 and 2 ulp in float64 (docs/functional.md). The
+        compensated float64 path costs about 60 elementwise ops against 2 for
+        :math:`\beta = 1`. Limitation: on devices without float64 (Apple MPS), float32
+        with :math:`\beta \ne 1` is compensated in float32: up to 2.1 ulp, since the
+        log-sigmoid kernel's own 1.4 ulp is scaled by :math:`1/\beta`, and :math:`\beta`
+        must lie in float32's normal range.
     """
     _check_float(x, "x")
     beta = check_positive("beta", beta)
@@ -279,12 +289,13 @@ def softplus(x: Tensor, beta: float = 1.0, threshold: float | None = None) -> Te
 
     if beta == 1.0:
         t, out = xc, _zeta(xc)
+    elif xc.dtype == torch.float32 and _has_float64(xc.device):
+        # NOTE: float64 carries 29 bits more than a float32 result needs, so the plain
+        # formula there, rounded once, is within 0.5 ulp: cheaper than compensating
+        t = xc.double() * beta
+        out = (_zeta(t) / beta).float()
     else:
-        bp = _beta_parts(beta, xc.dtype)
-        t, e = _scale(xc, bp)
-        c = None if e is None else torch.sigmoid(t.detach()) * e  # zeta(t + e) - zeta(t)
-        out = _div_beta(_zeta(t), c, bp)
-        out = torch.where(t < _EXP_ONLY, _exp_minus_log(t, e, bp), out)
+        t, out = _softplus_compensated(xc, beta)
 
     if threshold is not None:
         out = torch.where(t > threshold, xc, out)
@@ -334,6 +345,9 @@ def inverse_softplus(y: Tensor, beta: float = 1.0) -> Tensor:
     0.35, ``log1p(2 expm1(u - log 2))`` (with :math:`\log 2` in two parts) up to 2, and
     ``u + log(-expm1(-u))`` above, so nothing overflows and no digit cancels. Each form sees
     only inputs in its own range, which keeps the gradients of the unused forms finite.
+    For :math:`\beta \ne 1` the rounding of :math:`\beta y` is corrected to first order,
+    and below :math:`u = 2^{-60}` the result is :math:`(\log y + \log\beta)/\beta`, which
+    does not lose digits where :math:`\beta y` is subnormal.
 
     Args:
         y: input of any shape and float dtype.
@@ -345,7 +359,8 @@ def inverse_softplus(y: Tensor, beta: float = 1.0) -> Tensor:
     Note:
         The inverse exists only for :math:`y > 0`: the result is NaN for :math:`y \le 0`
         (and NaN input), with gradient 0 there. Within 4 ulp of the exact value in float32
-        and float64, from the smallest subnormal to the largest finite input.
+        and float64, from the smallest subnormal to the largest finite input; for
+        :math:`\beta \ne 1` float32 is computed in float64 and rounded once.
     """
     _check_float(y, "y")
     beta = check_positive("beta", beta)
@@ -353,24 +368,44 @@ def inverse_softplus(y: Tensor, beta: float = 1.0) -> Tensor:
     inside = yc > 0
     if beta == 1.0:
         x = _inverse_zeta(yc)
+    elif yc.dtype == torch.float32 and _has_float64(yc.device):
+        x = _inverse_compensated(yc.double(), beta).float()  # rounded once, as in softplus
     else:
-        bp = _beta_parts(beta, yc.dtype)
-        u, e = _scale(yc, bp)
-        z, c = _inverse_zeta(u), None
-        if e is not None:
-            with torch.no_grad():  # zeta^-1(u + e) - zeta^-1(u) = e / sigma(x), (S5)
-                c = e / -torch.expm1(-torch.where(inside, u, 1.0))
-
-        # tiny u: beta * y may have lost digits to underflow, so take logs of the factors
-        tiny = u < _INV_TINY
-        z_tiny = torch.log(torch.where(tiny & inside, yc, 1.0)) + bp.log_hi
-        z = torch.where(tiny, z_tiny, z)
-        c_tiny = torch.full_like(z, bp.log_lo)
-        c = c_tiny if c is None else torch.where(tiny, c_tiny, c)
-        x = _div_beta(z, c, bp)
+        x = _inverse_compensated(yc, beta)
 
     x = torch.where(inside, x, math.nan)
     return x.to(y.dtype)
+
+
+def _softplus_compensated(x: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """``(t, zeta(t + e) / beta)`` for ``beta * x = t + e``, in the dtype of ``x``."""
+    bp = _beta_parts(beta, x.dtype)
+    t, e = _scale(x, bp)
+    c = None if e is None else torch.sigmoid(t.detach()) * e  # zeta(t + e) - zeta(t)
+    out = _div_beta(_zeta(t), c, bp)
+    out = torch.where(t < _EXP_ONLY, _exp_minus_log(t, e, bp), out)
+    out = torch.where((t == math.inf) & torch.isfinite(x), x, out)  # beta x overflowed
+    return t, out
+
+
+def _inverse_compensated(y: Tensor, beta: float) -> Tensor:
+    """``zeta^-1(beta y) / beta`` with the rounding of ``beta y`` corrected (``y > 0``)."""
+    inside = y > 0
+    bp = _beta_parts(beta, y.dtype)
+    u, e = _scale(y, bp)
+    z, c = _inverse_zeta(u), None
+    if e is not None:
+        with torch.no_grad():  # zeta^-1(u + e) - zeta^-1(u) = e / sigma(x), (S5)
+            c = e / -torch.expm1(-torch.where(inside, u, 1.0))
+
+    # tiny u: beta * y may have lost digits to underflow, so take logs of the factors
+    tiny = u < _INV_TINY
+    z = torch.where(tiny, torch.log(torch.where(tiny & inside, y, 1.0)) + bp.log_hi, z)
+    c_tiny = torch.full_like(z, bp.log_lo)
+    c = c_tiny if c is None else torch.where(tiny, c_tiny, c)
+
+    x = _div_beta(z, c, bp)
+    return torch.where((u == math.inf) & torch.isfinite(y), y, x)  # beta y overflowed
 
 
 def _inverse_zeta(u: Tensor) -> Tensor:
@@ -471,6 +506,9 @@ def softplus_loss(
     beta = check_positive("beta", beta)
     if not isinstance(targets, Tensor):
         raise ValueError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    for name, w in (("weight", weight), ("pos_weight", pos_weight)):
+        if w is not None and not isinstance(w, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
     try:
         shape = torch.broadcast_shapes(logits.shape, targets.shape)
         for name, w in (("weight", weight), ("pos_weight", pos_weight)):

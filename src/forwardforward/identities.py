@@ -350,8 +350,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="measure the softplus family's identities against textbook forms",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--plot", metavar="FILE.png", default=None,
-                   help="also draw softplus for several beta beside ReLU, and its derivative")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        default=None,
+        help="also draw softplus for several beta beside ReLU, and its derivative",
+    )
     p.add_argument("--device", default="cpu", help="torch device to measure on (default cpu)")
     p.set_defaults(func=run)
 

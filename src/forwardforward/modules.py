@@ -148,5 +148,3 @@ class FFLoss(nn.Module):
             f"threshold={self.threshold:g}, kind={self.kind!r}, alpha={self.alpha:g}, "
             f"reduction={self.reduction!r}"
         )
-
-
