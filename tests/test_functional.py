@@ -585,3 +585,16 @@ def test_bad_arguments_are_value_errors_that_name_the_argument():
     for call, match in cases:
         with pytest.raises(ValueError, match=match):
             call()
+
+
+def test_ff_loss_and_softplus_trace_into_one_graph_with_no_data_dependent_branch():
+    # a host sync or a branch on tensor values would break fullgraph tracing
+    g_pos, g_neg = torch.rand(16) * 4, torch.rand(16) * 4
+    ff = torch.compile(FF.ff_loss, backend="eager", fullgraph=True)
+    for kind in ("softplus", "symba"):
+        assert torch.equal(
+            ff(g_pos, g_neg, 2.0, kind=kind), FF.ff_loss(g_pos, g_neg, 2.0, kind=kind)
+        )
+    sp = torch.compile(FF.softplus, backend="eager", fullgraph=True)
+    x = g_pos.double() - 2
+    assert torch.equal(sp(x, 3.0), FF.softplus(x, 3.0))

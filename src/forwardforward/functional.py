@@ -50,7 +50,6 @@ docs/functional.md. This module is pure: no state, no logging, no I/O.
 from __future__ import annotations
 
 import decimal
-import functools
 import math
 import struct
 from dataclasses import dataclass
@@ -166,11 +165,18 @@ class _Beta:
     exact: bool  # a power of two: products and quotients by beta are exact
 
 
-@functools.lru_cache(maxsize=64)
 def _beta_parts(beta: float, dtype: torch.dtype) -> _Beta:
-    single = dtype == torch.float32
+    return _Beta(*_beta_numbers(beta, dtype == torch.float32))
+
+
+# NOTE: a pure function of Python numbers; torch.compile may fold it to constants
+@torch.compiler.assume_constant_result
+def _beta_numbers(
+    beta: float, single: bool
+) -> tuple[float, float, float, float, float, float, float, bool]:
     tiny, huge = (1.2e-38, 3.4e38) if single else (2.3e-308, 1.7e308)
     if not tiny <= beta <= huge:
+        dtype = "float32" if single else "float64"
         raise ValueError(f"beta={beta!r} is outside the normal range of {dtype}")
     rnd = (lambda v: struct.unpack("f", struct.pack("f", v))[0]) if single else float
     keep, split = (12, 4097.0) if single else (26, 134217729.0)
@@ -183,9 +189,7 @@ def _beta_parts(beta: float, dtype: torch.dtype) -> _Beta:
         log = decimal.Decimal(beta).ln()
         log_hi = rnd(float(log))
         log_lo = rnd(float(log - decimal.Decimal(log_hi)))
-    return _Beta(
-        b1, rnd(beta - b1), hi, b1 - hi, log_hi, log_lo, split, math.frexp(beta)[0] == 0.5
-    )
+    return b1, rnd(beta - b1), hi, b1 - hi, log_hi, log_lo, split, math.frexp(beta)[0] == 0.5
 
 
 def _finite(e: Tensor) -> Tensor:

@@ -242,7 +242,7 @@ def measure_identities(
             first = None
             if naive_bad.any():
                 inputs = _input_of(x, len(naive))[naive_bad]
-                first = float(inputs[inputs.abs().argmin()])
+                first = float(inputs[inputs.abs() == inputs.abs().min()].max())
             rows.append(
                 IdentityRow(
                     identity=ident.name,
@@ -367,8 +367,10 @@ def run(args: argparse.Namespace) -> int:
         check_plot_path(args.plot)  # fail before the measuring, not after
 
     rows = measure_identities(device=device)
-    print("worst error of each identity over the standard grid (|x| <= 1e4), in ulp of its")
-    print(f"largest term; {len(standard_grid(torch.float64))} inputs, device {device}\n")
+    print("Worst error of each identity over the standard grid (|x| <= 1e4), in ulp of its")
+    print(f"largest term; {len(standard_grid(torch.float64))} inputs, device {device}.")
+    print("inf/nan: inputs where that side gave inf or NaN (every true value is finite);")
+    print("first at: the input of least magnitude where the textbook form did.\n")
     print(format_table(rows))
 
     if args.plot is not None:
