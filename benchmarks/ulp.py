@@ -180,6 +180,28 @@ def cases(points: int, dtype: torch.dtype, seed: int = 0) -> list[Case]:
                 ),
             )
         )
+    if dtype == torch.float32:  # the path taken on devices without float64 (Apple MPS)
+        b = mpmath.mpf(3.0)
+        out.append(
+            Case(
+                "softplus, beta=3, float32 compensated (no-float64 devices)",
+                lambda x: FF._softplus_compensated(x, 3.0)[1],
+                lambda v: zeta(b * v) / b,
+                xs,
+                "F.softplus",
+                lambda x: F.softplus(x, 3.0),
+            )
+        )
+        out.append(
+            Case(
+                "inverse_softplus, beta=3, float32 compensated (no-float64 devices)",
+                lambda y: FF._inverse_compensated(y, 3.0),
+                lambda v: mpmath.log(mpmath.expm1(b * v)) / b,
+                y_grid(points, dtype, rng),
+                "log(expm1(beta y)) / beta",
+                lambda y: torch.log(torch.expm1(3.0 * y)) / 3.0,
+            )
+        )
     return out
 
 
