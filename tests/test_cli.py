@@ -47,6 +47,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)  # the Trainer turns it on for the whole process
 
 
 @pytest.fixture(autouse=True)
@@ -326,6 +327,42 @@ def test_resume_of_a_run_stopped_before_its_first_epoch_says_to_start_over(tmp_p
 
     line = one_error_line(capsys)
     assert code == 2 and "holds no checkpoint" in line and "start over with --force" in line
+
+
+def test_out_without_write_permission_is_refused(data_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a user, not root
+
+    code = main(run_args(data_dir, tmp_path / "run"))
+
+    line = one_error_line(capsys)
+    assert code == 2 and f"no permission to write in {tmp_path}" in line, line
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_and_changes_nothing(
+    finished, data_dir, tmp_path, capsys
+):
+    import fcntl
+
+    run = copy_run(finished, tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"}
+    with (run / ".lock").open("w") as held:  # as the running process holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+
+        code = main(run_args(data_dir, run, "--force"))
+
+    line = one_error_line(capsys)
+    assert code == 2 and "is in use by another forwardforward run" in line, line
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
+
+
+def test_layers_too_wide_for_memory_are_one_line_naming_the_options(data_dir, tmp_path, capsys):
+    # 10^13 units of 64 inputs: 2.5 PB, beyond any address space, so it fails at once
+    code = main(run_args(data_dir, tmp_path / "run", "--layers", "10000000000000"))
+
+    line = one_error_line(capsys)
+    assert code == 2, line
+    assert "out of memory on cpu with --layers 10000000000000 and --batch-size 50" in line
+    assert not (tmp_path / "run").exists()
 
 
 # --- divergence ------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from forwardforward import runner
 from forwardforward.checkpoint import load_checkpoint, save_checkpoint
 from forwardforward.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from forwardforward.errors import CheckpointError, ConfigError, DataError
-from forwardforward.runner import Interrupted, check_out_dir, sigint_held, train_run
+from forwardforward.guard import sigint_held
+from forwardforward.runner import Interrupted, check_out_dir, train_run
 from runfolders import metrics_rows, write_idx_set
 
 
@@ -22,6 +23,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)  # the Trainer turns it on for the whole process
 
 
 @pytest.fixture(scope="module")

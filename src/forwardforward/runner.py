@@ -12,16 +12,12 @@ checkpoint's epoch. SIGINT is held back while these files are written.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import logging
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,7 @@ from forwardforward.checkpoint import atomic_write, load_checkpoint, save_checkp
 from forwardforward.config import RunConfig
 from forwardforward.data import load_dataset
 from forwardforward.errors import CheckpointError, ConfigError, DataError, TrainingError
+from forwardforward.guard import is_out_of_memory, memory_error, run_lock, sigint_held, writing
 from forwardforward.plots import plot_curves
 from forwardforward.train import EpochResult, Trainer, resolve_device
 
@@ -97,9 +94,11 @@ def check_out_dir(out: Path, resume: bool, force: bool) -> None:
         raise ConfigError("--resume and --force exclude each other: pick one")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is an existing file; give a folder path")
-    parent = next(p for p in out.absolute().parents if p.exists())
-    if not out.exists() and not parent.is_dir():
+    parent = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir():
         raise ConfigError(f"--out {out} cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: no permission to write in {parent}")
 
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if resume and not (out / CHECKPOINT).exists():
@@ -135,39 +134,6 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, buf.getvalue())
 
 
-@contextlib.contextmanager
-def sigint_held() -> Iterator[None]:
-    """Hold SIGINT back while the block runs; raise KeyboardInterrupt after it if one came.
-
-    Only in the main thread with Python's own handler installed; elsewhere a no-op.
-    """
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main else None
-    if not callable(previous):  # ignored, default, foreign, or not the main thread
-        yield
-        return
-
-    caught: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _writing(out: Path) -> Iterator[None]:
-    """Turn a failed write in the run folder (disk full, permissions) into CheckpointError."""
-    try:
-        yield
-    except OSError as err:
-        raise CheckpointError(
-            f"cannot write the run files in {out}: {err.strerror or err}"
-        ) from None
-
-
 class RunWriter:
     """Writes a run's files after each epoch (rank 0 only when distributed).
 
@@ -184,7 +150,7 @@ class RunWriter:
     def __call__(self, result: EpochResult) -> None:
         if not dist.is_main():
             return
-        with sigint_held(), _writing(self.out):
+        with sigint_held(), writing(self.out):
             self.rows.append(result.row())
             write_metrics_csv(self.out / "metrics.csv", self.rows)
             state = self.trainer.state_dict() | {"device": self.trainer.device.type}
@@ -250,22 +216,39 @@ def train_run(
         raise ConfigError("a config is needed unless resuming")
 
     data = load_run_data(config, resolve_device(config.train.device), progress)
-    trainer = Trainer(config, data.in_features, data.num_classes)
+    try:
+        trainer = Trainer(config, data.in_features, data.num_classes)
+    except RuntimeError as err:
+        if is_out_of_memory(err):
+            raise _memory_error(err, config) from None
+        raise
     rows: list[dict[str, Any]] = []
     if resume:
         _load_state(trainer, state, out / CHECKPOINT)
         rows = _resume_rows(out / "metrics.csv", trainer.epoch)
-        log.info("resuming %s after epoch %d of %d", out, trainer.epoch, trainer.total_epochs)
+        log.info("resuming %s after epoch %d of %d%s", out, trainer.epoch, trainer.total_epochs,
+                 "" if trainer.epoch < trainer.total_epochs else ": finished, nothing to train")
     log.info("training on %s in %s (%s)", trainer.device,
              str(trainer.dtype).removeprefix("torch."), _precision_reason(trainer))
 
-    if dist.is_main():
-        with _writing(out):
-            out.mkdir(parents=True, exist_ok=True)
+    if not dist.is_main():
+        return _train(trainer, data, out, rows, progress)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        with writing(out):
             if force:
                 for name in (*RUN_FILES, "eval.json"):
                     (out / name).unlink(missing_ok=True)
             atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        return _train(trainer, data, out, rows, progress)
+
+
+def _train(
+    trainer: Trainer, data: RunData, out: Path, rows: list[dict[str, Any]], progress: bool
+) -> dict[str, Any]:
+    """Fit, writing each epoch; a stop says what is kept. Returns ``metrics.json``'s dict."""
+    config = trainer.config
     writer = RunWriter(out, trainer, rows)
     start = time.perf_counter()
     try:
@@ -285,10 +268,14 @@ def train_run(
         ) from None
     except CheckpointError as err:
         raise CheckpointError(f"{err}; {_kept(out, writer.saved_epoch)}") from None
+    except RuntimeError as err:
+        if is_out_of_memory(err):
+            raise _memory_error(err, config, f"; {_kept(out, writer.saved_epoch)}") from None
+        raise
 
     final = writer.final() | {"wall_seconds": time.perf_counter() - start}
     if dist.is_main():
-        with _writing(out):
+        with writing(out):
             atomic_write(out / "metrics.json", json.dumps(final, indent=2) + "\n")
     return final
 
@@ -299,6 +286,12 @@ def _precision_reason(trainer: Trainer) -> str:
     if trainer.dtype == torch.bfloat16:
         return "auto: this device multiplies bf16 natively; --precision fp32 to change"
     return "auto: no native bf16 matrix products on this device"
+
+
+def _memory_error(err: RuntimeError, config: RunConfig, kept: str = "") -> ConfigError:
+    device = resolve_device(config.train.device)
+    message = memory_error(err, device, config.model.layers, config.train.batch_size)
+    return ConfigError(f"{message}{kept}")
 
 
 def _plot_on_stop(writer: RunWriter) -> None:
@@ -451,7 +444,7 @@ def evaluate_run(
         "samples": x.shape[0],
         "predict": config.train.predict,
     }
-    with _writing(run_dir):
+    with writing(run_dir):
         atomic_write(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     return result
 
