@@ -246,3 +246,36 @@ def test_a_missing_cuda_device_is_a_config_error_before_any_file(data_dir, tmp_p
         train_run(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
+
+
+# --- curves.png ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("every, drawn", [(3600.0, [3]), (0.0, [1, 2, 3])])
+def test_curves_are_redrawn_at_most_every_plot_every_seconds_and_at_the_end(
+    data_dir, tmp_path, monkeypatch, every, drawn
+):
+    rows_drawn = []
+    monkeypatch.setattr(runner, "PLOT_EVERY", every)
+    monkeypatch.setattr(runner, "plot_curves",
+                        lambda rows, path: rows_drawn.append(len(rows)) or path.write_bytes(b""))
+
+    train_run(small_config(data_dir), tmp_path / "run", progress=False)
+
+    assert rows_drawn == drawn
+    assert (tmp_path / "run" / "curves.png").is_file()
+
+
+def test_a_plot_that_fails_only_warns_and_the_run_finishes(data_dir, tmp_path, monkeypatch,
+                                                            caplog):
+    def broken(rows, path):
+        path.write_bytes(b"half a png")
+        raise ValueError("no positive values to draw on a log scale")
+
+    monkeypatch.setattr(runner, "plot_curves", broken)
+
+    final = train_run(small_config(data_dir, epochs=1), tmp_path / "run", progress=False)
+
+    assert final["epochs"] == 1
+    assert "could not draw" in caplog.text and "log scale" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == \
+        [".lock", "config.json", "metrics.csv", "metrics.json", "model.safetensors"]

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "model.safetensors"
 RUN_FILES = ("config.json", "metrics.csv", "metrics.json", CHECKPOINT, "curves.png")
 PLOT_EVERY = 30.0  # seconds between redraws of curves.png (also drawn at the end)
-TIMING_COLUMNS = ("seconds", "samples_per_second", "eval_seconds")  # vary run to run
 
 
 class Interrupted(Exception):
@@ -162,12 +161,19 @@ class RunWriter:
                 self.plot()
 
     def plot(self) -> None:
-        """Redraw ``curves.png`` from the rows, if any are new (atomically)."""
+        """Redraw ``curves.png`` from the rows, if any are new (atomically).
+
+        A failure only warns: the picture matters less than the run.
+        """
         if not dist.is_main() or self.plotted == len(self.rows):
             return
         tmp = self.out / ".curves.tmp.png"
-        plot_curves(self.rows, tmp)
-        os.replace(tmp, self.out / "curves.png")
+        try:
+            plot_curves(self.rows, tmp)
+            os.replace(tmp, self.out / "curves.png")
+        except Exception as err:  # matplotlib raises many kinds
+            log.warning("could not draw %s: %s", self.out / "curves.png", err)
+            tmp.unlink(missing_ok=True)
         self.plotted, self.last_plot = len(self.rows), time.monotonic()
 
     def final(self) -> dict[str, Any]:
@@ -254,11 +260,11 @@ def _train(
     try:
         trainer.fit(data.tensors, callback=writer, progress=progress)
     except KeyboardInterrupt:
-        _plot_on_stop(writer)
+        writer.plot()
         raise Interrupted(f"interrupted; {_kept(out, writer.saved_epoch, resumable=True)}") \
             from None
     except TrainingError as err:
-        _plot_on_stop(writer)
+        writer.plot()
         tc = config.train
         lower = f"--lr (now {tc.lr:g})"
         if tc.predict == "softmax":
@@ -292,14 +298,6 @@ def _memory_error(err: RuntimeError, config: RunConfig, kept: str = "") -> Confi
     device = resolve_device(config.train.device)
     message = memory_error(err, device, config.model.layers, config.train.batch_size)
     return ConfigError(f"{message}{kept}")
-
-
-def _plot_on_stop(writer: RunWriter) -> None:
-    """Draw the finished epochs not yet in ``curves.png``; a failure only warns."""
-    try:
-        writer.plot()
-    except Exception as err:  # the reason for stopping matters more than the picture
-        log.warning("could not draw curves.png: %s", err)
 
 
 def _kept(out: Path, saved_epoch: int, resumable: bool = False) -> str:
