@@ -87,9 +87,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20  # passes over the training set (per layer when sequential)
-    batch_size: int = 100  # examples per step (each gives one positive, one negative)
-    lr: float = 1e-3  # Adam learning rate of the FF layers
+    epochs: int = 60  # passes over the training set (per layer when sequential)
+    batch_size: int = 32  # examples per step (each gives one positive, one negative)
+    lr: float = 3e-3  # Adam learning rate of the FF layers
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay to 0 over epochs
     weight_decay: float = 0.0  # decoupled (AdamW) weight decay
     readout_lr: float = 1e-2  # learning rate of the softmax read-out

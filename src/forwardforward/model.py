@@ -204,7 +204,7 @@ class Readout(nn.Module):
         with torch.no_grad():
             xn = overlay_neutral(x, net.num_classes, net.config.label_value)
             hs = net.activities(xn)[self.first :]
-            return torch.cat(hs, dim=1).float()
+            return torch.cat(hs, dim=1).to(self.linear.weight.dtype)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.linear(features)  # (B, C) logits
