@@ -1,5 +1,6 @@
 """The published Forward-Forward variants, each pinned by the property that defines it."""
 
+import json
 import math
 from pathlib import Path
 
@@ -8,13 +9,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from forwardforward.cli import main
-from forwardforward.config import (
-    DataConfig,
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-)
+from forwardforward.cli import main, resolve_config_file
+from forwardforward.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_toml
 from forwardforward.data import load_dataset
 from forwardforward.errors import ConfigError
 from forwardforward.functional import ff_loss
@@ -232,7 +228,7 @@ def test_cli_trains_unsupervised_on_digits_and_saves_the_mode(tmp_path):
                  "softmax", "--layers", "40,40", "--epochs", "2", "--batch-size", "50",
                  "--mask-blurs", "4", "--device", "cpu", "--out", str(out), "--no-progress"])
     assert code == 0
-    saved = RunConfig.from_dict(__import__("json").loads((out / "config.json").read_text()))
+    saved = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert saved.model.mode == "unsupervised" and saved.train.mask_blurs == 4
     assert main(["evaluate", str(out), "--no-progress"]) == 0
 
@@ -450,3 +446,9 @@ def test_cli_trains_fashion_mnist_in_both_modes(idx_set, tmp_path, mode):
                  mode, "--predict", "softmax", "--layers", "30,30", "--epochs", "1",
                  "--device", "cpu", "--out", str(out), "--no-progress"])
     assert code == 0 and (out / "metrics.json").is_file()
+
+
+def test_bundled_unsupervised_paper_setting_is_valid():
+    config = load_toml(resolve_config_file("paper-unsupervised-mnist"))
+    assert config.model.mode == "unsupervised" and config.model.layers == (2000,) * 4
+    assert config.train.predict == "softmax" and config.train.epochs == 100
