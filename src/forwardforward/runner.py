@@ -44,7 +44,7 @@ class RunData:
     tensors: dict[str, torch.Tensor]
     in_features: int
     num_classes: int
-    image_shape: tuple[int, int]
+    image_shape: tuple[int, int] | None = None  # (H, W); needed by unsupervised mode
 
 
 def load_run_data(config: RunConfig, device: torch.device, progress: bool = True) -> RunData:
