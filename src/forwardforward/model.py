@@ -48,7 +48,8 @@ def rescale(x: Tensor, unit: bool = False, eps: float = EPS) -> Tensor:
     Returns:
         Tensor of shape ``(B, D)``.
     """
-    ms = x.float().pow(2).mean(dim=1, keepdim=True)  # (B, 1), float32 even under bf16
+    acc = torch.promote_types(x.dtype, torch.float32)
+    ms = x.to(acc).pow(2).mean(dim=1, keepdim=True)  # (B, 1), float32 even under bf16
     if unit:
         ms = ms * x.shape[1]
     return x * torch.rsqrt(ms + eps).to(x.dtype)
@@ -57,9 +58,10 @@ def rescale(x: Tensor, unit: bool = False, eps: float = EPS) -> Tensor:
 def goodness(h: Tensor, kind: str = "sum") -> Tensor:
     """Goodness of each row: :math:`\\sum_j h_j^2` (``"sum"``) or its mean (``"mean"``).
 
-    Summed in float32 whatever the dtype of ``h``. Returns shape ``(B,)``.
+    Summed in float32 at least, whatever the dtype of ``h``. Returns shape ``(B,)``.
     """
-    g = h.float().pow(2).sum(dim=1)  # (B,)
+    acc = torch.promote_types(h.dtype, torch.float32)
+    g = torch.linalg.vector_norm(h, dim=1, dtype=acc).square()  # (B,)
     return g / h.shape[1] if kind == "mean" else g
 
 

@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 from forwardforward.config import RunConfig
 from forwardforward.errors import ConfigError, TrainingError
 from forwardforward.functional import ff_loss
-from forwardforward.model import FFNet, Readout, goodness, overlay_labels, wrong_labels
+from forwardforward.model import (
+    FFNet,
+    Readout,
+    goodness,
+    overlay_labels,
+    rescale,
+    wrong_labels,
+)
 from forwardforward.negatives import hybrid_images, sample_wrong_labels
 
 log = logging.getLogger(__name__)
@@ -148,9 +155,12 @@ class Trainer:
         self.readout_opt = torch.optim.AdamW(self.readout.parameters(), lr=tc.readout_lr)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)
         self.epoch = 0  # epochs finished
-        self.step_fn = self._layer_step
+        # the hand-written gradient covers every loss, goodness and precision; the peer
+        # penalty has no closed form here and takes autograd
+        fast = config.model.peer_norm == 0
+        self.step_fn = self._fast_layer_step if fast else self._layer_step
         if tc.compile:
-            self.step_fn = torch.compile(self._layer_step, dynamic=False)
+            self.step_fn = torch.compile(self.step_fn, dynamic=False)
 
     # ----------------------------------------------------------------- schedule
     @property
@@ -203,6 +213,47 @@ class Trainer:
 
         stats = torch.stack([loss.detach(), g[:B].mean().detach(), g[B:].mean().detach()])
         return out.detach(), stats
+
+    @torch.no_grad()
+    def _fast_layer_step(self, i: int, h: Tensor, B: int) -> tuple[Tensor, Tensor]:
+        """:meth:`_layer_step` with the layer's gradient written out, no autograd graph.
+
+        With :math:`\\hat x` the rescaled input and :math:`h = \\operatorname{relu}(W\\hat x + b)`,
+        the chain rule through :math:`g = \\sum_j h_j^2` (or its mean) gives
+
+        .. math::
+
+            \frac{\\partial L}{\\partial W} = (2 c \\odot h)^\top \\hat x, \\qquad
+            \frac{\\partial L}{\\partial b} = \textstyle\\sum_n 2 c_n h_n,
+            \\qquad c = \frac{\\partial L}{\\partial g},
+
+        where ReLU's mask is implied since :math:`h = 0` wherever it is closed. ``c`` comes
+        from autograd through :func:`ff_loss` on the ``(2B,)`` goodness alone, so every loss
+        kind is exact; the matrix products run in the training precision like autocast's.
+        """
+        layer, opt, mc = self.net.layers[i], self.optimizers[i], self.config.model
+        W, b = layer.linear.weight, layer.linear.bias
+        dt = W.dtype if self.dtype == torch.float32 else self.dtype  # as autocast would
+        H = W.shape[0]
+
+        x = rescale(h, layer.unit_norm).to(dt)  # (2B, D)
+        out = torch.addmm(b.to(dt), x, W.to(dt).t()).relu_()  # (2B, H)
+        acc = torch.promote_types(out.dtype, torch.float32)  # float32 at least
+        sq = torch.linalg.vector_norm(out, dim=1, dtype=acc).square()  # (2B,)
+        g = (sq / H if mc.goodness == "mean" else sq).requires_grad_()
+
+        with torch.enable_grad():
+            loss = ff_loss(g[:B], g[B:], self.net.thetas[i], kind=mc.loss, alpha=mc.alpha)
+            (c,) = torch.autograd.grad(loss, g)  # (2B,)
+        scale = 2 * c / H if mc.goodness == "mean" else 2 * c
+        d_out = out * scale[:, None].to(dt)  # (2B, H) = dL/d(pre-activation)
+
+        W.grad = (d_out.t() @ x).to(W.dtype)  # (H, D)
+        b.grad = d_out.sum(dim=0, dtype=b.dtype)  # (H,)
+        opt.step()
+
+        stats = torch.stack([loss.detach(), g[:B].mean(), g[B:].mean()])
+        return out, stats
 
     def negative_labels(self, x: Tensor, y: Tensor) -> Tensor:
         """Wrong labels for the negatives of a batch: uniform, or sampled from the model.
