@@ -44,6 +44,7 @@ class RunData:
     tensors: dict[str, torch.Tensor]
     in_features: int
     num_classes: int
+    image_shape: tuple[int, int] | None = None  # (H, W); needed by unsupervised mode
 
 
 def load_run_data(config: RunConfig, device: torch.device, progress: bool = True) -> RunData:
@@ -66,7 +67,7 @@ def load_run_data(config: RunConfig, device: torch.device, progress: bool = True
     }
     tensors["x_train_eval"] = tensors["x_train"][: dc.train_eval_size]
     tensors["y_train_eval"] = tensors["y_train"][: dc.train_eval_size]
-    return RunData(tensors, ds.x_train.shape[1], ds.num_classes)
+    return RunData(tensors, ds.x_train.shape[1], ds.num_classes, ds.image_shape)
 
 
 def check_out_dir(out: Path, resume: bool, force: bool) -> None:
@@ -163,7 +164,7 @@ def train_run(
         raise ConfigError("a config is needed unless resuming")
 
     data = load_run_data(config, resolve_device(config.train.device), progress)
-    trainer = Trainer(config, data.in_features, data.num_classes)
+    trainer = Trainer(config, data.in_features, data.num_classes, data.image_shape)
     rows: list[dict[str, Any]] = []
     if resume:
         _load_state(trainer, state, out)
@@ -247,7 +248,7 @@ def evaluate_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint config is invalid: {err}") from None
 
     data = load_run_data(config, resolve_device(config.train.device), progress)
-    trainer = Trainer(config, data.in_features, data.num_classes)
+    trainer = Trainer(config, data.in_features, data.num_classes, data.image_shape)
     _load_state(trainer, state, run_dir)
     x, y = data.tensors["x_test"], data.tensors["y_test"]
     C = data.num_classes
