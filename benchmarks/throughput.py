@@ -61,6 +61,22 @@ def peak_gflops(widths: list[int], batch: int, dtype: torch.dtype, seconds: floa
     return flops / _timed(step, seconds) / 1e9
 
 
+def step_seconds(trainer: Trainer, batch: int, in_features: int, seconds: float):
+    """Seconds per training step on ``batch`` images, and per evaluation of 1000 images."""
+    x = torch.rand(batch, in_features, device=trainer.device)
+    y = torch.randint(0, C, (batch,), device=trainer.device)
+    x_eval = torch.rand(1000, in_features, device=trainer.device)
+    layers = range(len(trainer.net.layers))
+
+    def train() -> None:
+        trainer.train_step(x, y, layers).sum().item()  # .item(): wait for the device
+
+    def evaluate() -> None:
+        trainer.predictions(x_eval).sum().item()
+
+    return _timed(train, seconds), _timed(evaluate, seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", default="2000,2000,2000,2000")
@@ -89,20 +105,8 @@ def main() -> None:
                                   compile=args.compile),
             )
             trainer = Trainer(config, args.in_features, C)
-            x = torch.rand(batch, args.in_features, device=trainer.device)
-            y = torch.randint(0, C, (batch,), device=trainer.device)
-            x_eval = torch.rand(1000, args.in_features, device=trainer.device)
-            all_layers = range(len(layers))
-
-            def train() -> None:
-                trainer.train_step(x, y, all_layers).sum().item()
-
-            def evaluate() -> None:
-                trainer.predictions(x_eval).sum().item()
-
             peak = peak_gflops(widths, batch, dtype, args.seconds)
-            t_train = _timed(train, args.seconds)
-            t_eval = _timed(evaluate, args.seconds)
+            t_train, t_eval = step_seconds(trainer, batch, args.in_features, args.seconds)
             train_rate, eval_rate = batch / t_train, 1000 / t_eval
             train_gflops = train_rate * 8 * macs / 1e9
             eval_gflops = eval_rate * C * 2 * macs / 1e9

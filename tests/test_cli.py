@@ -25,6 +25,7 @@ import forwardforward
 from forwardforward import runner
 from forwardforward.checkpoint import load_checkpoint, save_checkpoint
 from forwardforward.cli import main
+from forwardforward.config import TrainConfig
 from forwardforward.idx import write_idx
 from runfolders import (
     IMAGES,
@@ -393,7 +394,7 @@ def test_non_finite_goodness_stops_with_epoch_layer_and_last_checkpoint_keeping_
     assert code == 1
     assert "non-finite loss or goodness in epoch 2, layer 2" in line, line
     assert f"last good checkpoint {out / 'model.safetensors'} (epoch 1)" in line
-    assert "lower --lr (now 0.001)" in line
+    assert f"lower --lr (now {TrainConfig().lr:g})" in line
     state, _ = load_checkpoint(out / "model.safetensors")
     assert state["epoch"] == 1
     assert all(t.isfinite().all() for t in state["net"].values())
@@ -413,7 +414,7 @@ def test_non_finite_read_out_weights_are_caught_at_the_end_of_the_epoch(
     line = one_error_line(capsys)
     assert code == 1
     assert "non-finite weights in epoch 2, the softmax read-out" in line, line
-    assert "--readout-lr (now 0.01)" in line
+    assert f"--readout-lr (now {TrainConfig().readout_lr:g})" in line
     state, _ = load_checkpoint(out / "model.safetensors")
     assert state["epoch"] == 1 and state["readout"]["linear.weight"].isfinite().all()
 
@@ -456,10 +457,11 @@ def test_a_full_disk_stops_the_run_keeping_the_last_checkpoint(
 def test_resume_with_other_options_names_the_differences(finished, data_dir, tmp_path, capsys):
     run = copy_run(finished, tmp_path)
 
-    code = main(run_args(data_dir, run, "--resume", "--epochs", "3", "--lr", "0.01"))
+    code = main(run_args(data_dir, run, "--resume", "--epochs", "3", "--lr", "0.5"))
 
     line = one_error_line(capsys)
-    assert code == 2 and "--epochs 2 there, 3 now" in line and "--lr 0.001 there, 0.01 now" in line
+    assert code == 2 and "--epochs 2 there, 3 now" in line, line
+    assert f"--lr {TrainConfig().lr!r} there, 0.5 now" in line
 
 
 def test_resume_of_a_finished_run_trains_nothing_more(finished, tmp_path):

@@ -71,11 +71,14 @@ def assert_same_weights(a_dir, b_dir) -> None:
     {},
     {"schedule": "sequential", "epochs": 2, "lr_schedule": "linear"},
     {"predict": "softmax", "negatives": "hard", "weight_decay": 0.01, "eval_every": 2},
-], ids=["default", "sequential", "softmax-hard"])
+    {"predict": "softmax", "model": {"mode": "unsupervised", "peer_norm": 0.03}},
+], ids=["default", "sequential", "softmax-hard", "unsupervised-peer"])
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
     data_dir, tmp_path, monkeypatch, train
 ):
-    config = small_config(data_dir, **({"epochs": 3} | train))
+    train = dict(train)
+    model = train.pop("model", {})
+    config = small_config(data_dir, **({"epochs": 3} | train)).replace(model=model)
     train_run(config, tmp_path / "ref", progress=False)
     stop_after(monkeypatch, 1)
 

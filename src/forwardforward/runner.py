@@ -51,6 +51,7 @@ class RunData:
     tensors: dict[str, torch.Tensor]
     in_features: int
     num_classes: int
+    image_shape: tuple[int, int] | None = None  # (H, W); needed by unsupervised mode
 
 
 def load_run_data(config: RunConfig, device: torch.device, progress: bool = True) -> RunData:
@@ -78,7 +79,7 @@ def load_run_data(config: RunConfig, device: torch.device, progress: bool = True
     }
     tensors["x_train_eval"] = tensors["x_train"][: dc.train_eval_size]
     tensors["y_train_eval"] = tensors["y_train"][: dc.train_eval_size]
-    return RunData(tensors, ds.x_train.shape[1], ds.num_classes)
+    return RunData(tensors, ds.x_train.shape[1], ds.num_classes, ds.image_shape)
 
 
 def check_out_dir(out: Path, resume: bool, force: bool) -> None:
@@ -223,7 +224,7 @@ def train_run(
 
     data = load_run_data(config, resolve_device(config.train.device), progress)
     try:
-        trainer = Trainer(config, data.in_features, data.num_classes)
+        trainer = Trainer(config, data.in_features, data.num_classes, data.image_shape)
     except RuntimeError as err:
         if is_out_of_memory(err):
             raise _memory_error(err, config) from None
@@ -423,7 +424,7 @@ def evaluate_run(
     config = _eval_config(_stored_config(saved, path), device, data_dir)
 
     data = load_run_data(config, resolve_device(config.train.device), progress)
-    trainer = Trainer(config, data.in_features, data.num_classes)
+    trainer = Trainer(config, data.in_features, data.num_classes, data.image_shape)
     try:  # the weights only: the optimizer and generator state belong to the device trained on
         trainer.net.load_state_dict(state["net"])
         trainer.readout.load_state_dict(state["readout"])

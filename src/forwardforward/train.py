@@ -1,7 +1,9 @@
 """The Forward-Forward training loop.
 
 Every mini-batch of images gives positive data (each image with its true label written
-in) and negative data (the same image with a wrong label). Each layer takes a step on its
+in) and negative data (the same image with a wrong label); in unsupervised mode the
+positives are the bare images and the negatives hybrids of two images
+(:func:`~forwardforward.negatives.hybrid_images`). Each layer takes a step on its
 own loss :func:`~forwardforward.functional.ff_loss` of its positive and negative goodness,
 then passes its detached activities on. ``simultaneous`` updates every layer on every
 mini-batch; ``sequential`` trains layer 1 for all its epochs, then layer 2, and so on.
@@ -35,6 +37,7 @@ from forwardforward.model import (
     rescale,
     wrong_labels,
 )
+from forwardforward.negatives import hybrid_images, sample_wrong_labels
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +116,32 @@ class Trainer:
 
     Args:
         config: the resolved run configuration.
-        x_train, y_train: training images ``(N, D)`` float32 and labels ``(N,)`` int64.
+        in_features: input width ``D``.
         num_classes: number of labels ``C``.
+        image_shape: ``(H, W)`` of one image, ``H * W = D``; needed in unsupervised mode,
+            whose hybrid negatives are masked in two dimensions.
     """
 
-    def __init__(self, config: RunConfig, in_features: int, num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        in_features: int,
+        num_classes: int = 10,
+        image_shape: tuple[int, int] | None = None,
+    ) -> None:
         self.config = config
         tc = config.train
         self.device = resolve_device(tc.device)
         self.dtype = resolve_precision(tc.precision, self.device)
         self.num_classes = num_classes
+        self.image_shape = image_shape
+        if config.model.mode == "unsupervised" and (
+            image_shape is None or image_shape[0] * image_shape[1] != in_features
+        ):
+            raise ConfigError(
+                f"unsupervised mode needs the image shape (H, W) with H * W = {in_features} "
+                f"to mask hybrid negatives; got {image_shape}"
+            )
 
         # NOTE: denormal floats slow CPU matmuls several-fold late in training; flushing
         # them to zero leaves the results unchanged at these magnitudes.
@@ -188,7 +207,9 @@ class Trainer:
             out = layer(h)  # (2B, H)
         g = goodness(out, mc.goodness)  # (2B,) float32
         loss = ff_loss(g[:B], g[B:], self.net.thetas[i], kind=mc.loss, alpha=mc.alpha)
-        total = loss + mc.peer_norm * peer_penalty(out) if mc.peer_norm else loss
+        total = loss
+        if self.net.peer is not None:
+            total = loss + mc.peer_norm * self.net.peer[i](out[:B])  # positives only
 
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -239,17 +260,47 @@ class Trainer:
         return out, stats
 
     def negative_labels(self, x: Tensor, y: Tensor) -> Tensor:
-        """Wrong labels for the negatives of a batch: uniform, or sampled from the model."""
+        """Wrong labels for the negatives of a batch: uniform, or sampled from the model.
+
+        Hard negatives follow the model's own probabilities of the wrong labels: the
+        softmax of the read-out's logits when it predicts, else of the summed goodness of
+        each label (:func:`~forwardforward.negatives.sample_wrong_labels`).
+        """
         if self.config.train.negatives == "hard":
-            return hard_wrong_labels(self.net, x, y, self.generator, self._autocast)
+            with torch.no_grad():
+                logits = self.class_logits(x)  # (B, C)
+            # NOTE: a diverged net scores NaN, on which multinomial raises; sampling uniformly
+            # instead lets the loss check report the divergence with its epoch and layer
+            logits = torch.nan_to_num(logits, nan=0.0)
+            return sample_wrong_labels(logits, y, generator=self.generator)
         return wrong_labels(y, self.num_classes, self.generator)
+
+    def class_logits(self, x: Tensor) -> Tensor:
+        """The model's class scores ``(B, C)`` (float32), by the configured prediction."""
+        with self._autocast():
+            if self.config.train.predict == "softmax":
+                return self.readout(self.readout.features(self.net, x)).float()
+            return self.net.label_scores(x).float()
+
+    def positives_negatives(self, x: Tensor, y: Tensor) -> Tensor:
+        """Positive over negative inputs ``(2B, D)`` for a batch of images ``(B, D)``.
+
+        Supervised: the true label, then a wrong one, written into each image.
+        Unsupervised: the bare images, then hybrids of pairs of them.
+        """
+        if not self.net.supervised:
+            blurs = self.config.train.mask_blurs
+            x_neg = hybrid_images(x, self.image_shape, blurs, generator=self.generator)
+            return torch.cat([x, x_neg])
+
+        C, value = self.num_classes, self.config.model.label_value
+        y_neg = self.negative_labels(x, y)
+        return torch.cat([overlay_labels(x, y, C, value), overlay_labels(x, y_neg, C, value)])
 
     def train_step(self, x: Tensor, y: Tensor, layers: range) -> Tensor:
         """Update ``layers`` on one mini-batch; returns stats ``(L, 3)`` (zeros elsewhere)."""
         B = x.shape[0]
-        C, value = self.num_classes, self.config.model.label_value
-        y_neg = self.negative_labels(x, y)
-        h = torch.cat([overlay_labels(x, y, C, value), overlay_labels(x, y_neg, C, value)])
+        h = self.positives_negatives(x, y)  # (2B, D)
 
         stats = torch.zeros(len(self.net.layers), 3, device=self.device)
         with torch.no_grad(), self._autocast():
@@ -398,33 +449,6 @@ class Trainer:
         self.readout_opt.load_state_dict(state["readout_opt"])
         self.generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
-
-
-def peer_penalty(h: Tensor) -> Tensor:
-    """Peer normalization: squared deviation of each unit's mean activity from their mean.
-
-    .. math:: P = \\sum_j (\\bar h_j - \\operatorname{mean}_k \\bar h_k)^2,
-        \\quad \\bar h_j = \\operatorname{mean}_b h_{bj}
-    """
-    mean_unit = h.float().mean(dim=0)  # (H,)
-    return (mean_unit - mean_unit.mean()).pow(2).sum()
-
-
-@torch.no_grad()
-def hard_wrong_labels(net: FFNet, x: Tensor, y: Tensor, generator, autocast) -> Tensor:
-    """Wrong labels sampled in proportion to the model's probabilities of the wrong labels.
-
-    .. math:: P(y^- = c) \\propto \\operatorname{softmax}_c(s), \\quad c \\ne y
-
-    with ``s`` the summed goodness of each label; the true label has probability 0.
-    """
-    with autocast():
-        s = net.label_scores(x).float()  # (B, C)
-    # NOTE: a diverged net scores NaN, on which multinomial raises; sampling uniformly
-    # instead lets the loss check report the divergence with its epoch and layer
-    s = torch.nan_to_num(s, nan=0.0).scatter(1, y[:, None], float("-inf"))
-    p = torch.softmax(s, dim=1)  # (B, C), zero at the true label
-    return torch.multinomial(p, 1, generator=generator).squeeze(1)
 
 
 def _postfix(mean: list[list[float]], layers: range, rate: float) -> str:
