@@ -7,6 +7,7 @@ interruption tests and one bad-data test run the real ``python -m forwardforward
 import functools
 import gzip
 import http.server
+import io
 import json
 import os
 import shutil
@@ -573,6 +574,28 @@ def test_evaluate_without_a_run_folder_is_one_line(make, words, tmp_path, capsys
 
     line = one_error_line(capsys)
     assert code == 2 and words in line and str(path) in line, line
+
+
+class _ClosedPipe(io.StringIO):
+    """stdout whose reader has gone, as after ``| head -1``."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self):
+        raise io.UnsupportedOperation("no file descriptor")
+
+
+def test_evaluate_into_a_closed_pipe_exits_141_quietly_after_writing_eval_json(
+    finished, tmp_path, capsys, monkeypatch
+):
+    run = copy_run(finished, tmp_path)
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+
+    code = main(["evaluate", str(run), "--no-progress"])
+
+    assert code == 141 and capsys.readouterr().err == ""
+    assert json.loads((run / "eval.json").read_text())["epoch"] == 2
 
 
 def test_evaluate_never_unpickles_a_checkpoint(tmp_path, capsys):

@@ -9,9 +9,12 @@ code 2; an interrupted run exits 130; a diverged run exits 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 import typing
 from importlib import resources
@@ -201,13 +204,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below
+        return code
     except ForwardForwardError as err:
         print(f"forwardforward: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("forwardforward: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout left, as `| head` does: no traceback
+        with contextlib.suppress(OSError, ValueError):  # quiet the flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def _one_line(err: BaseException) -> str:
