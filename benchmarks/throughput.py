@@ -10,7 +10,9 @@ For the given layer sizes, batch size and precision it measures, back to back:
 
 FLOPs are counted as the algorithm needs them: per training sample and layer, the
 forward pass on positive and negative data 2·(2·in·out) plus the weight gradient
-2·(2·in·out); per evaluated image, 2·in·out per layer for each of the C labels.
+2·(2·in·out); per evaluated image, 2·in·out per layer for each of the C labels, except
+the first layer, which computes the image once and adds a column per label
+(``FFNet.first_layer_all_labels``), so it is counted once.
 
 Example::
 
@@ -109,7 +111,8 @@ def main() -> None:
             t_train, t_eval = step_seconds(trainer, batch, args.in_features, args.seconds)
             train_rate, eval_rate = batch / t_train, 1000 / t_eval
             train_gflops = train_rate * 8 * macs / 1e9
-            eval_gflops = eval_rate * C * 2 * macs / 1e9
+            eval_macs = widths[0] * widths[1] + C * (macs - widths[0] * widths[1])
+            eval_gflops = eval_rate * 2 * eval_macs / 1e9
             for what, rate, gf in (("train", train_rate, train_gflops),
                                    ("eval", eval_rate, eval_gflops)):
                 print(f"{precision:>9} {batch:>6} {what:>6} {rate:>10,.0f} {gf:>9,.0f} "

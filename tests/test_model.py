@@ -72,10 +72,12 @@ def test_label_scores_in_one_pass_equal_a_loop_over_labels():
     net = _net((30, 20, 10))
     x = torch.rand(6, 40, dtype=torch.float64)
     scores = net.label_scores(x)  # (6, 10)
+    scores_all = net.label_scores(x, first_layer=0)
     for c in range(10):
         xc = overlay_labels(x, torch.full((6,), c), 10)
         g = net.layer_goodness(xc)  # (L, B)
-        assert torch.allclose(scores[:, c], g[1:].sum(dim=0))
+        torch.testing.assert_close(scores[:, c], g[1:].sum(dim=0))
+        torch.testing.assert_close(scores_all[:, c], g.sum(dim=0))
 
 
 def test_one_layer_net_scores_with_its_only_layer_and_all_counts_the_first():

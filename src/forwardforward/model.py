@@ -230,10 +230,41 @@ class FFNet(nn.Module):
             skip = self.config.score_layers == "skip-first" and len(self.layers) > 1
             first_layer = 1 if skip else 0
 
-        y = torch.arange(C, device=x.device).repeat(B)  # (B*C,)
-        xc = overlay_labels(x.repeat_interleave(C, dim=0), y, C, self.config.label_value)
-        g = self.layer_goodness(xc)  # (L, B*C)
-        return g[first_layer:].sum(dim=0).view(B, C)
+        h = self.first_layer_all_labels(x).flatten(0, 1)  # (B*C, H1)
+        g = [goodness(h, self.config.goodness)]
+        for layer in self.layers[1:]:
+            h = layer(h)
+            g.append(goodness(h, self.config.goodness))
+        return torch.stack(g)[first_layer:].sum(dim=0).view(B, C)
+
+    def first_layer_all_labels(self, x: Tensor) -> Tensor:
+        r"""Layer 1's activities for each image under every label, shape ``(B, C, H1)``.
+
+        Only the label pixels differ between the C copies of an image, and one-hot labels
+        of equal value give every copy the same length, so with :math:`x_0` the image with
+        blank label pixels and :math:`s` its rescaling factor
+
+        .. math:: W \hat x_c + b = s W x_0 + b + s v W_{:, c},
+
+        one product for the image plus a column per label: C times fewer FLOPs than
+        running the C labelled copies.
+        """
+        B, D = x.shape
+        C, v = self.num_classes, self.config.label_value
+        linear = self.layers[0].linear
+
+        x0 = x.clone()
+        x0[:, :C] = 0
+        acc = torch.promote_types(x.dtype, torch.float32)
+        ms = (x0.to(acc).pow(2).sum(dim=1) + v * v) / D  # (B,) mean square of a copy
+        if self.layers[0].unit_norm:
+            ms = ms * D
+        s = torch.rsqrt(ms + EPS)  # (B,)
+
+        base = torch.nn.functional.linear(x0 * s[:, None].to(x.dtype), linear.weight, linear.bias)
+        labels = (v * linear.weight[:, :C]).t()  # (C, H1)
+        pre = base[:, None, :] + s[:, None, None].to(base.dtype) * labels.to(base.dtype)
+        return torch.relu(pre)  # (B, C, H1)
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
