@@ -14,6 +14,7 @@ and synchronizes with the host once per log interval.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -82,6 +83,28 @@ def lr_factor(kind: str, progress: float) -> float:
     return 1.0
 
 
+_flush_depth = 0
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Flush denormal floats to zero inside the block, as they were outside it.
+
+    NOTE: late in training, denormal activities and gradients slow CPU matrix products
+    several-fold; flushing them changes nothing measurable at these magnitudes. Training
+    and prediction both run inside, so evaluation reproduces training's errors.
+    """
+    global _flush_depth
+    _flush_depth += 1
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        _flush_depth -= 1
+        if _flush_depth == 0:
+            torch.set_flush_denormal(False)
+
+
 @dataclass
 class EpochResult:
     """What one epoch measured; per-layer lists are indexed by layer."""
@@ -143,9 +166,6 @@ class Trainer:
                 f"to mask hybrid negatives; got {image_shape}"
             )
 
-        # NOTE: denormal floats slow CPU matmuls several-fold late in training; flushing
-        # them to zero leaves the results unchanged at these magnitudes.
-        torch.set_flush_denormal(True)
         torch.manual_seed(tc.seed)
         self.net = FFNet(in_features, config.model, num_classes).to(self.device)
         self.readout = Readout(self.net).to(self.device)
@@ -372,7 +392,8 @@ class Trainer:
     @torch.no_grad()
     def predictions(self, x: Tensor) -> Tensor:
         """Predicted labels ``(N,)`` for images ``(N, D)``, in chunks of EVAL_BATCH."""
-        chunks = [self.predict(x[s : s + EVAL_BATCH]) for s in range(0, x.shape[0], EVAL_BATCH)]
+        with flush_denormals():
+            chunks = [self.predict(x[s : s + EVAL_BATCH]) for s in range(0, len(x), EVAL_BATCH)]
         return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
 
     def error(self, x: Tensor, y: Tensor) -> float:
@@ -399,6 +420,10 @@ class Trainer:
             data: ``x_train``, ``y_train``, ``x_test``, ``y_test`` and the fixed training
                 subset ``x_train_eval``, ``y_train_eval``, all on the device.
         """
+        with flush_denormals():
+            return self._fit(data, callback, progress)
+
+    def _fit(self, data, callback, progress) -> list[EpochResult]:
         results = []
         while self.epoch < self.total_epochs:
             stats, seconds = self.train_epoch(data["x_train"], data["y_train"], progress)
