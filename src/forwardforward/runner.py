@@ -24,6 +24,7 @@ from forwardforward.checkpoint import atomic_write, load_checkpoint, save_checkp
 from forwardforward.config import RunConfig
 from forwardforward.data import load_dataset
 from forwardforward.errors import CheckpointError, ConfigError, TrainingError
+from forwardforward.pipeline import PipelineTrainer, check_pipeline, share_data
 from forwardforward.plots import plot_curves
 from forwardforward.train import EpochResult, Trainer, resolve_device
 
@@ -113,11 +114,12 @@ class RunWriter:
         self.out, self.trainer, self.rows = out, trainer, rows
 
     def __call__(self, result: EpochResult) -> None:
+        state = self.trainer.state_dict()  # on every rank: a pipeline gathers it to rank 0
         if not dist.is_main():
             return
         self.rows.append(result.row())
         config = self.trainer.config.to_dict()
-        save_checkpoint(self.out / CHECKPOINT, self.trainer.state_dict(), config)
+        save_checkpoint(self.out / CHECKPOINT, state, config)
         write_metrics_csv(self.out / "metrics.csv", self.rows)
         plot_curves(self.rows, self.out / "curves.png")
 
@@ -155,15 +157,13 @@ def train_run(
         Interrupted: SIGINT arrived (finished epochs are kept).
     """
     out = Path(out)
-    check_out_dir(out, resume, force)
-    if resume:
-        state, saved = load_checkpoint(out / CHECKPOINT)
-        config = _resume_config(config, saved, out)
-    if config is None:
-        raise ConfigError("a config is needed unless resuming")
-
-    data = load_run_data(config, resolve_device(config.train.device), progress)
-    trainer = Trainer(config, data.in_features, data.num_classes)
+    config, state = dist.on_main(lambda: _open_run(config, out, resume, force), share=True)
+    pipelined = config.train.parallel == "pipeline" and dist.world_size() > 1
+    if pipelined:
+        check_pipeline(config, dist.world_size())
+    data = _load_data(config, pipelined, progress)
+    klass = PipelineTrainer if pipelined else Trainer
+    trainer = klass(config, data.in_features, data.num_classes)
     rows: list[dict[str, Any]] = []
     if resume:
         _load_state(trainer, state, out)
@@ -188,6 +188,33 @@ def train_run(
     if dist.is_main():
         atomic_write(out / "metrics.json", json.dumps(final, indent=2) + "\n")
     return final
+
+
+def _open_run(
+    config: RunConfig | None, out: Path, resume: bool, force: bool
+) -> tuple[RunConfig, dict[str, Any] | None]:
+    """Check ``out``; when resuming, read its checkpoint. Returns the config and state."""
+    check_out_dir(out, resume, force)
+    state = None
+    if resume:
+        state, saved = load_checkpoint(out / CHECKPOINT)
+        config = _resume_config(config, saved, out)
+    if config is None:
+        raise ConfigError("a config is needed unless resuming")
+    return config, state
+
+
+def _load_data(config: RunConfig, pipelined: bool, progress: bool) -> RunData:
+    """The run's data: rank 0 loads first (and downloads once), then the other ranks.
+
+    In a pipeline only rank 0 holds the data; the others get its shapes.
+    """
+    device = resolve_device(config.train.device)
+    data = dist.on_main(lambda: load_run_data(config, device, progress))
+    if pipelined:
+        meta = dist.on_main(lambda: (data.in_features, data.num_classes), share=True)
+        return RunData(share_data(data.tensors if data else None), *meta)
+    return data if data is not None else load_run_data(config, device, progress)
 
 
 def _precision_reason(trainer: Trainer) -> str:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from forwardforward import distributed as dist
 from forwardforward.config import RunConfig
 from forwardforward.errors import ConfigError, TrainingError
 from forwardforward.functional import ff_loss
@@ -38,9 +39,11 @@ EVAL_BATCH = 1000  # images per evaluation chunk
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; an unavailable CUDA device is a ConfigError."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available; use cpu")
+    if name == "cuda" and dist.world_size() > 1:
+        return dist.cuda_device()  # one GPU per rank of this machine
     return torch.device(name)
 
 
@@ -129,6 +132,10 @@ class Trainer:
         self.readout_opt = torch.optim.AdamW(self.readout.parameters(), lr=tc.readout_lr)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)
         self.epoch = 0  # epochs finished
+        # NOTE: every replica draws the same permutation and wrong labels for the whole
+        # batch from its own copy of the generator, then trains on its rows only.
+        data_parallel = tc.parallel == "data"
+        self.replicas = dist.Replicas.current() if data_parallel else dist.Replicas()
         self.step_fn = self._layer_step
         if tc.compile:
             self.step_fn = torch.compile(self._layer_step, dynamic=False)
@@ -178,6 +185,7 @@ class Trainer:
 
         opt.zero_grad(set_to_none=True)
         total.backward()
+        self.replicas.average_gradients(layer.parameters(), weight=B)
         opt.step()
 
         stats = torch.stack([loss.detach(), g[:B].mean().detach(), g[B:].mean().detach()])
@@ -186,14 +194,20 @@ class Trainer:
     def negative_labels(self, x: Tensor, y: Tensor) -> Tensor:
         """Wrong labels for the negatives of a batch: uniform, or sampled from the model."""
         if self.config.train.negatives == "hard":
-            return hard_wrong_labels(self.net, x, y, self.generator, self._autocast)
+            return hard_wrong_labels(self.net, x, y, self.generator, self._autocast,
+                                     self.replicas)
         return wrong_labels(y, self.num_classes, self.generator)
 
     def train_step(self, x: Tensor, y: Tensor, layers: range) -> Tensor:
-        """Update ``layers`` on one mini-batch; returns stats ``(L, 3)`` (zeros elsewhere)."""
-        B = x.shape[0]
+        """Update ``layers`` on one mini-batch; returns stats ``(L, 3)`` (zeros elsewhere).
+
+        With data-parallel replicas, ``x`` and ``y`` are the whole batch; this replica
+        trains on its rows and its stats are means over them.
+        """
         C, value = self.num_classes, self.config.model.label_value
         y_neg = self.negative_labels(x, y)
+        x, y, y_neg = (self.replicas.shard(t) for t in (x, y, y_neg))
+        B = x.shape[0]
         h = torch.cat([overlay_labels(x, y, C, value), overlay_labels(x, y_neg, C, value)])
 
         stats = torch.zeros(len(self.net.layers), 3, device=self.device)
@@ -213,6 +227,7 @@ class Trainer:
         loss = F.cross_entropy(self.readout(features), y)
         self.readout_opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.replicas.average_gradients(self.readout.parameters(), weight=x.shape[0])
         self.readout_opt.step()
 
     # ----------------------------------------------------------------- epochs
@@ -225,6 +240,11 @@ class Trainer:
         B = self.config.train.batch_size
         steps = max(1, N // B) if N >= B else 1
         layers = self.active_layers(self.epoch)
+        if min(N, B) < self.replicas.size:
+            raise ConfigError(
+                f"{self.replicas.size} data-parallel ranks need a batch of at least as many "
+                f"examples, got {min(N, B)}; raise --batch-size or start fewer ranks"
+            )
         perm = torch.randperm(N, device=self.device, generator=self.generator)
         total = torch.zeros(len(self.net.layers), 3, device=self.device)
 
@@ -234,13 +254,15 @@ class Trainer:
         for s in bar:
             self._set_lr(self.epoch, s, steps)
             idx = perm[s * B : (s + 1) * B]
-            total += self.train_step(x[idx], y[idx], layers)
+            share = self.replicas.share(idx.shape[0])  # this replica's fraction of the batch
+            total += self.train_step(x[idx], y[idx], layers) * share
             if (s + 1) % LOG_EVERY == 0 or s + 1 == steps:
-                mean = (total / (s + 1)).tolist()  # the one host sync of the interval
+                mean = (self.replicas.sum(total) / (s + 1)).tolist()  # the interval's host sync
                 self._check_finite(mean, layers)
                 rate = (s + 1) * B / (time.perf_counter() - start)
                 if progress:
                     bar.set_postfix_str(_postfix(mean, layers, rate))
+        total = self.replicas.sum(total)
         seconds = time.perf_counter() - start
         return total / steps, seconds
 
@@ -258,8 +280,13 @@ class Trainer:
         return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
 
     def error(self, x: Tensor, y: Tensor) -> float:
-        """Fraction of ``x`` misclassified by the configured prediction method."""
-        return (self.predictions(x) != y).sum().item() / max(1, x.shape[0])
+        """Fraction of ``x`` misclassified by the configured prediction method.
+
+        Data-parallel replicas each predict their rows and add up the mistakes.
+        """
+        rows = self.replicas.rows(x.shape[0])
+        wrong = (self.predictions(x[rows]) != y[rows]).sum()
+        return self.replicas.sum(wrong).item() / max(1, x.shape[0])
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
@@ -343,15 +370,21 @@ def peer_penalty(h: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def hard_wrong_labels(net: FFNet, x: Tensor, y: Tensor, generator, autocast) -> Tensor:
+def hard_wrong_labels(
+    net: FFNet, x: Tensor, y: Tensor, generator, autocast,
+    replicas: dist.Replicas | None = None,
+) -> Tensor:
     """Wrong labels sampled in proportion to the model's probabilities of the wrong labels.
 
     .. math:: P(y^- = c) \\propto \\operatorname{softmax}_c(s), \\quad c \\ne y
 
-    with ``s`` the summed goodness of each label; the true label has probability 0.
+    with ``s`` the summed goodness of each label; the true label has probability 0. Each
+    of the ``replicas`` scores its rows; all draw from the gathered scores of the batch.
     """
+    replicas = replicas or dist.Replicas()
     with autocast():
-        s = net.label_scores(x).float()  # (B, C)
+        s = net.label_scores(replicas.shard(x)).float()  # (B_k, C)
+    s = replicas.gather_rows(s, x.shape[0])  # (B, C)
     s = s.scatter(1, y[:, None], float("-inf"))
     p = torch.softmax(s, dim=1)  # (B, C), zero at the true label
     return torch.multinomial(p, 1, generator=generator).squeeze(1)

@@ -1,0 +1,100 @@
+"""Speed of pipelined and data-parallel training on one machine, against one process.
+
+Trains the same network three ways, every process limited to one thread
+(``OMP_NUM_THREADS=1``): one process; ``torchrun`` with ``--nproc`` ranks and
+``--parallel pipeline``; the same with ``--parallel data``. Each run's ``metrics.json``
+gives its training seconds (the epochs' sum, evaluation excluded; for the pipeline each
+epoch runs from rank 0's first step to the last rank's last step, so the pipeline's fill
+and drain are counted). The table shows the median of ``--repeat`` runs and the speed-up
+over one process; the ideal is ``--nproc``.
+
+Usage::
+
+    python benchmarks/pipeline.py --layers 500,500,500,500 --limit-train 20000 --epochs 2
+
+Needs MNIST in ``--data-dir`` (default: the shared folder beside the repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(out: Path, args: argparse.Namespace, nproc: int, parallel: str) -> dict:
+    """One training run; returns its metrics.json plus the command's wall seconds."""
+    flags = ["--out", str(out), "--no-progress", "--dataset", "mnist",
+             "--data-dir", str(args.data_dir), "--layers", args.layers,
+             "--limit-train", str(args.limit_train), "--limit-test", "1000",
+             "--train-eval-size", "1000", "--epochs", str(args.epochs),
+             "--batch-size", str(args.batch_size), "--precision", args.precision,
+             "--eval-every", str(args.epochs), "--parallel", parallel]
+    launcher = [sys.executable, "-m", "forwardforward", "train"]
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                    "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+                    "-m", "forwardforward", "train"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    start = time.perf_counter()
+    done = subprocess.run([*launcher, *flags], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"run failed ({' '.join(launcher[2:4])}):\n{done.stderr[-2000:]}")
+    return json.loads((out / "metrics.json").read_text()) | {"command_seconds": wall}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--layers", default="500,500,500,500")
+    p.add_argument("--limit-train", type=int, default=20000)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    args = p.parse_args()
+
+    modes = [("one process", 1, "data"), ("pipeline", args.nproc, "pipeline"),
+             ("data-parallel", args.nproc, "data")]
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in modes}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeat):  # interleaved, so a slow spell hits every mode alike
+            for name, nproc, parallel in modes:
+                out = Path(tmp) / f"{parallel}-{nproc}-{r}"
+                results[name].append(train(out, args, nproc, parallel))
+
+    print(f"MNIST, layers {args.layers}, {args.limit_train} examples x {args.epochs} epochs, "
+          f"batch {args.batch_size}, {args.precision}, 1 thread per process, "
+          f"median of {args.repeat}")
+    base = statistics.median(m["seconds"] for m in results["one process"])
+    print(f"{'mode':<14}{'ranks':>6}{'train s':>10}{'samples/s':>11}{'speed-up':>10}"
+          f"{'command s':>11}{'test err':>10}")
+    for name, nproc, _ in modes:
+        runs = results[name]
+        seconds = statistics.median(m["seconds"] for m in runs)
+        rate = statistics.median(m["train_samples_per_second"] for m in runs)
+        command = statistics.median(m["command_seconds"] for m in runs)
+        err = statistics.median(m["test_error"] for m in runs)
+        print(f"{name:<14}{nproc:>6}{seconds:>10.2f}{rate:>11,.0f}{base / seconds:>9.2f}x"
+              f"{command:>11.1f}{100 * err:>9.1f}%")
+
+
+if __name__ == "__main__":
+    main()
