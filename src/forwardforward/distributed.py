@@ -174,6 +174,14 @@ def all_reduce_sum(t: Tensor) -> Tensor:
 
 
 @_guarded
+def all_gather(t: Tensor, size: int) -> list[Tensor]:
+    """Every rank's ``t`` (all of one shape), in rank order."""
+    parts = [torch.empty_like(t) for _ in range(size)]
+    td.all_gather(parts, t)
+    return parts
+
+
+@_guarded
 def send(t: Tensor, dst: int) -> td.Work:
     """Start sending ``t`` to rank ``dst``; ``t`` must stay unchanged until :func:`wait`."""
     return td.isend(t, dst)
@@ -302,6 +310,8 @@ class Replicas:
         """
         if self.size == 1:
             return
+        # Limitation: blocking, one layer at a time; not overlapped with the next layer's
+        # arithmetic, so every layer's step waits for the slowest replica.
         params = list(params)
         for p in params:
             if p.grad is None:  # every replica must send the same layout
@@ -327,12 +337,3 @@ class Replicas:
         parts = all_gather(padded, self.size)
         sizes = [(k + 1) * n // self.size - k * n // self.size for k in range(self.size)]
         return torch.cat([p[:m] for p, m in zip(parts, sizes, strict=True)])
-
-
-@_guarded
-def all_gather(t: Tensor, size: int) -> list[Tensor]:
-    """Every rank's ``t`` (all of one shape), in rank order."""
-    parts = [torch.empty_like(t) for _ in range(size)]
-    td.all_gather(parts, t)
-    return parts
-

@@ -35,6 +35,7 @@ import time
 from collections import deque
 
 import torch
+import torch.distributed as td
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -47,6 +48,7 @@ from forwardforward.train import EVAL_BATCH, LOG_EVERY, Trainer, _postfix
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = 2  # sends a rank may have started and not yet seen finish
+Pending = deque[tuple[td.Work, Tensor]]  # open sends and the tensors they read
 
 
 def check_pipeline(config: RunConfig, ranks: int) -> None:
@@ -82,7 +84,7 @@ def split_layers(costs: list[float], parts: int) -> list[range]:
 
     A pipeline runs at the pace of its slowest stage, so this is the split of highest
     throughput. Computed by dynamic programming over (layers used, blocks made) in
-    :math:`O(L^2 W)`; ties go to the split with earlier cuts.
+    :math:`O(L^2 W)`.
 
     Args:
         costs: the cost of each layer (multiply-adds per example), length ``L >= parts``.
@@ -151,8 +153,8 @@ class PipelineTrainer(Trainer):
         self.blocks = split_layers(costs, self.ranks)
         self.block = self.blocks[self.rank]
         self.widths = (in_features, *config.model.layers)
-        log.info("pipeline blocks (layers per rank): %s",
-                 " | ".join(f"{b.start + 1}-{b.stop}" for b in self.blocks))
+        names = [f"{b.start + 1}" + (f"-{b.stop}" if len(b) > 1 else "") for b in self.blocks]
+        log.info("pipeline: layers %s on ranks 0..%d", " | ".join(names), self.ranks - 1)
 
     # ----------------------------------------------------------------- messages
     @property
@@ -168,17 +170,19 @@ class PipelineTrainer(Trainer):
         width = self.widths[self.block.start]
         return dist.recv((rows, width), self.dtype, self.device, self.rank - 1)
 
-    def _pass_on(self, h: Tensor, pending: deque) -> None:
+    def _pass_on(self, h: Tensor, pending: Pending) -> None:
         """Send ``h`` to the next rank without waiting, keeping ``IN_FLIGHT`` sends open."""
         if self.last:
             return
+        # Limitation: on NCCL the tensor must outlive the send on its stream; holding it
+        # until wait() is what the documentation asks, untested here for want of a GPU.
         if len(pending) == IN_FLIGHT:
             dist.wait(pending.popleft()[0])
         h = h.contiguous()
         pending.append((dist.send(h, self.rank + 1), h))  # h stays alive until sent
 
     @staticmethod
-    def _drain(pending: deque) -> None:
+    def _drain(pending: Pending) -> None:
         while pending:
             dist.wait(pending.popleft()[0])
 
@@ -197,7 +201,7 @@ class PipelineTrainer(Trainer):
         if self.first:
             perm = torch.randperm(N, device=self.device, generator=self.generator)
         total = torch.zeros(len(self.net.layers), 3, device=self.device)
-        pending: deque = deque()
+        pending: Pending = deque()
 
         start = time.perf_counter()
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}/{self.total_epochs}",
@@ -239,7 +243,7 @@ class PipelineTrainer(Trainer):
         mc = self.config.model
         skip = mc.score_layers == "skip-first" and len(self.net.layers) > 1
         scores = torch.zeros(N * C, device=self.device)  # (N*C,)
-        pending: deque = deque()
+        pending: Pending = deque()
 
         for s in range(0, N, EVAL_BATCH):
             b = min(EVAL_BATCH, N - s)

@@ -181,6 +181,7 @@ class Trainer:
             out = layer(h)  # (2B, H)
         g = goodness(out, mc.goodness)  # (2B,) float32
         loss = ff_loss(g[:B], g[B:], self.net.thetas[i], kind=mc.loss, alpha=mc.alpha)
+        # Limitation: a data-parallel replica's penalty sees only its rows' mean activity
         total = loss + mc.peer_norm * peer_penalty(out) if mc.peer_norm else loss
 
         opt.zero_grad(set_to_none=True)
