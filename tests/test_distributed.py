@@ -55,8 +55,9 @@ def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
+    """The trained parameters of a run: the FF layers' and the softmax read-out's."""
     state, _ = load_checkpoint(run / "model.safetensors")
-    return state["net"]
+    return state["net"] | {f"readout.{k}": v for k, v in state["readout"].items()}
 
 
 def assert_same_weights(a: Path, b: Path, atol: float) -> None:
@@ -168,11 +169,21 @@ def test_backend_errors_shrink_to_their_first_sentence():
 
 # ----------------------------------------------------------------- multi-process runs
 @pytest.mark.slow
-def test_two_data_parallel_ranks_give_the_weights_of_one_rank(tmp_path):
-    # batch 63 splits into uneven shards of 31 and 32; hard negatives gather every rank's
-    # label scores; the softmax read-out's gradients are averaged like the layers'.
+@pytest.mark.parametrize(
+    "mode",
+    [
+        # hard negatives gather every rank's read-out logits before the shared draw
+        ["--negatives", "hard", "--predict", "softmax"],
+        # hybrid negatives are made for the whole batch, then each rank takes its rows
+        ["--mode", "unsupervised", "--predict", "softmax"],
+    ],
+    ids=["hard-negatives", "unsupervised"],
+)
+def test_two_data_parallel_ranks_give_the_weights_of_one_rank(tmp_path, mode):
+    # batch 63 splits into uneven shards of 31 and 32; the read-out's gradients are
+    # averaged like the layers'
     args = ["--dataset", "digits", "--layers", "40,30", "--epochs", "1", "--batch-size", "63",
-            "--precision", "fp32", "--negatives", "hard", "--predict", "softmax"]
+            "--precision", "fp32", *mode]
     assert main(["train", "--no-progress", "--out", str(tmp_path / "one"), *args]) == 0
     torchrun(["--out", str(tmp_path / "two"), *args])
 

@@ -95,11 +95,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
     try:
-        tensors = st_load(path.read_bytes())
-        with open(path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(header_len))
-        metadata = header.get("__metadata__") or {}
+        # one read, so the tensors and the header come from the same version of the file
+        raw = path.read_bytes()
+        tensors = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        metadata = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
     except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as err:
         raise CheckpointError(
             f"checkpoint {path} is truncated or not a safetensors file ({err})"

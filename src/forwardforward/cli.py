@@ -9,9 +9,12 @@ code 2; an interrupted run exits 130; a diverged run exits 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 import typing
 from importlib import resources
@@ -32,6 +35,8 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and exit code 2."""
 
     def error(self, message: str) -> typing.NoReturn:
+        if message.endswith("expected one argument"):  # argparse takes -1e-3 for a flag
+            message += "; write a negative number as --flag=-1e-3"
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -119,7 +124,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig | None, bool]:
     if args.resume and not given:
         return None, False
     base = load_toml(resolve_config_file(args.config)) if args.config else RunConfig()
-    return base.replace(**overrides), given
+    config = base.replace(**overrides)
+    if config.data.data_dir is not None:  # so that resume and evaluate work from anywhere
+        absolute = Path(config.data.data_dir).expanduser().absolute()
+        config = config.replace(data={"data_dir": str(absolute)})
+    return config, given
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -141,10 +150,10 @@ def run_train(args: argparse.Namespace) -> int:
                               progress=not args.no_progress and dist.is_main())
             main_rank = dist.is_main()
     except Interrupted as err:
-        print(f"forwardforward: {err}", file=sys.stderr)
+        print(f"forwardforward: {_one_line(err)}", file=sys.stderr)
         return 130
     except (TrainingError, DistributedError) as err:
-        print(f"forwardforward: error: {err}", file=sys.stderr)
+        print(f"forwardforward: error: {_one_line(err)}", file=sys.stderr)
         return 1
     if main_rank:
         _report(final, out)
@@ -162,6 +171,9 @@ def _report(final: dict[str, Any], out: Path) -> None:
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="reload a run's checkpoint and measure its test error")
     p.add_argument("run_dir", type=Path, help="the --out folder of a training run")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's device "
+                   "where available, else auto)")
+    p.add_argument("--data-dir", help="folder of the data set's files, if they moved")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_evaluate)
 
@@ -169,7 +181,8 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from forwardforward.runner import evaluate_run
 
-    result = evaluate_run(args.run_dir, progress=not args.no_progress)
+    result = evaluate_run(args.run_dir, progress=not args.no_progress, device=args.device,
+                          data_dir=args.data_dir)
     C = len(result["confusion"])
     print(f"test error {100 * result['test_error']:.2f}% on {result['samples']} images "
           f"(epoch {result['epoch']}, {result['predict']} prediction)")
@@ -195,16 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error already printed
+        return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below
+        return code
     except ForwardForwardError as err:
-        print(f"forwardforward: error: {err}", file=sys.stderr)
+        print(f"forwardforward: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("forwardforward: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout left, as `| head` does: no traceback
+        with contextlib.suppress(OSError, ValueError):  # quiet the flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split("\n"))
 
 
 def dump(obj: Any) -> str:

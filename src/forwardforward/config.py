@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +53,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     layers: tuple[int, ...] = (500, 500)  # hidden widths, input to output
+    # supervised: label written into the input; unsupervised: no label, hybrid negatives
+    mode: Literal["supervised", "unsupervised"] = "supervised"
     goodness: Literal["sum", "mean"] = "sum"  # g = sum or mean of squared activities
     threshold: float = 1.0  # theta; per unit of width when threshold_scale == "width"
     threshold_scale: Literal["width", "fixed"] = "width"  # theta * width, or theta as is
@@ -58,6 +62,7 @@ class ModelConfig:
     loss: Literal["softplus", "symba"] = "softplus"  # ff_loss kind
     alpha: float = 4.0  # SymBa's margin scale
     peer_norm: float = 0.0  # weight of the peer-normalization penalty (0: off)
+    peer_momentum: float = 0.9  # in [0, 1): momentum of each unit's running mean activity
     label_value: float = 1.0  # value written into the label pixel
     score_layers: Literal["skip-first", "all"] = "skip-first"  # goodness summed to predict
 
@@ -68,6 +73,7 @@ class ModelConfig:
         for width in self.layers:
             if width <= 0:
                 raise ConfigError(f"layer widths must be positive integers, got {width}")
+        _choice("mode", self.mode, ("supervised", "unsupervised"))
         _choice("goodness", self.goodness, ("sum", "mean"))
         _choice("threshold-scale", self.threshold_scale, ("width", "fixed"))
         _choice("norm-scale", self.norm_scale, ("sqrt-dim", "unit"))
@@ -77,6 +83,8 @@ class ModelConfig:
         _positive("alpha", self.alpha)
         if not (math.isfinite(self.peer_norm) and self.peer_norm >= 0):
             raise ConfigError(f"peer-norm must be >= 0, got {self.peer_norm!r}")
+        if not (isinstance(self.peer_momentum, int | float) and 0 <= self.peer_momentum < 1):
+            raise ConfigError(f"peer-momentum must be in [0, 1), got {self.peer_momentum!r}")
         _positive("label-value", self.label_value)
         _choice("score-layers", self.score_layers, ("skip-first", "all"))
 
@@ -87,14 +95,16 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20  # passes over the training set (per layer when sequential)
-    batch_size: int = 100  # examples per step (each gives one positive, one negative)
-    lr: float = 1e-3  # Adam learning rate of the FF layers
+    epochs: int = 60  # passes over the training set (per layer when sequential)
+    batch_size: int = 32  # examples per step (each gives one positive, one negative)
+    lr: float = 3e-3  # Adam learning rate of the FF layers
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay to 0 over epochs
     weight_decay: float = 0.0  # decoupled (AdamW) weight decay
     readout_lr: float = 1e-2  # learning rate of the softmax read-out
     schedule: Literal["simultaneous", "sequential"] = "simultaneous"
-    negatives: Literal["random", "hard"] = "random"  # wrong label: uniform or model-sampled
+    # the wrong label of a negative (supervised mode): uniform, or sampled from the model
+    negatives: Literal["random", "hard"] = "random"
+    mask_blurs: int = 10  # 0..13: blurs of a hybrid negative's mask (unsupervised mode)
     predict: Literal["goodness", "softmax"] = "goodness"  # how test error is measured
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -115,6 +125,8 @@ class TrainConfig:
         _choice("lr-schedule", self.lr_schedule, ("cosine", "linear", "constant"))
         _choice("schedule", self.schedule, ("simultaneous", "sequential"))
         _choice("negatives", self.negatives, ("random", "hard"))
+        if not (isinstance(self.mask_blurs, int) and 0 <= self.mask_blurs <= 13):
+            raise ConfigError(f"mask-blurs must be an integer in 0..13, got {self.mask_blurs!r}")
         _choice("predict", self.predict, ("goodness", "softmax"))
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("parallel", self.parallel, ("data", "pipeline"))
@@ -129,6 +141,21 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.mode == "unsupervised":
+            if self.train.negatives != "random":
+                raise ConfigError(
+                    f"negatives={self.train.negatives!r} needs labels; unsupervised mode makes "
+                    "hybrid images instead: leave --negatives at random"
+                )
+            if self.train.predict != "softmax":
+                raise ConfigError(
+                    "unsupervised mode writes no label, so it cannot predict by goodness; "
+                    "add --predict softmax (a linear read-out of the last three layers)"
+                )
+            if self.train.batch_size < 2:
+                raise ConfigError("unsupervised mode mixes pairs of images: batch-size >= 2")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         out = dataclasses.asdict(self)
@@ -153,16 +180,48 @@ class RunConfig:
                 raise ConfigError(
                     f"{source}: unknown key(s) {sorted(bad)} in [{name}]; known: {sorted(known)}"
                 )
+            hints = typing.get_type_hints(klass)
+            for key, value in table.items():
+                if not _has_type(value, hints[key]):
+                    raise ConfigError(f"{source}: [{name}] {key} must be {_type_name(hints[key])}"
+                                      f", got {value!r}")
             try:
                 built[name] = klass(**table)
-            except TypeError as err:
-                raise ConfigError(f"{source}: [{name}]: {err}") from None
+            except (TypeError, ConfigError) as err:
+                raise ConfigError(f"{source}: [{name}] {err}") from None
         return cls(**built)
 
     def replace(self, **tables: dict[str, Any]) -> RunConfig:
         """A copy with the given fields of each table replaced."""
         new = {n: dataclasses.replace(getattr(self, n), **v) for n, v in tables.items() if v}
         return dataclasses.replace(self, **new)
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    """Whether a TOML or JSON value fits a field's annotation (choices are checked later)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is types.UnionType:
+        return any(_has_type(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, list | tuple) and all(_has_type(v, args[0]) for v in value)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind in (str, type(None)):
+        return isinstance(value, kind)
+    return True
+
+
+def _type_name(kind: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if typing.get_origin(kind) is types.UnionType:
+        return " or ".join(_type_name(a) for a in typing.get_args(kind) if a is not type(None))
+    if typing.get_origin(kind) is tuple:
+        return "a list of integers"
+    return names.get(kind, str(kind))
 
 
 def load_toml(path: str | Path) -> RunConfig:

@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 from forwardforward import distributed as dist
 from forwardforward.config import RunConfig
 from forwardforward.errors import ConfigError
-from forwardforward.model import goodness, overlay_labels
-from forwardforward.train import EVAL_BATCH, LOG_EVERY, Trainer, _postfix
+from forwardforward.model import goodness
+from forwardforward.train import EVAL_BATCH, LOG_EVERY, Trainer, _postfix, flush_denormals
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,10 @@ def check_pipeline(config: RunConfig, ranks: int) -> None:
         )
     # Limitation: these three need every layer's activities on one rank at every step;
     # they would need a second pass down the pipeline, which is not built.
+    if config.model.mode != "supervised":
+        raise ConfigError("unsupervised mode predicts with the softmax read-out, which reads "
+                          "every layer at once and no rank of a pipeline holds; use "
+                          "--parallel data")
     if tc.schedule != "simultaneous":
         raise ConfigError("--parallel pipeline trains all layers at once; use "
                           "--schedule simultaneous, or --parallel data")
@@ -145,9 +149,15 @@ class PipelineTrainer(Trainer):
         num_classes: number of labels ``C``.
     """
 
-    def __init__(self, config: RunConfig, in_features: int, num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        in_features: int,
+        num_classes: int = 10,
+        image_shape: tuple[int, int] | None = None,
+    ) -> None:
         check_pipeline(config, dist.world_size())
-        super().__init__(config, in_features, num_classes)
+        super().__init__(config, in_features, num_classes, image_shape)
         self.rank, self.ranks = dist.rank(), dist.world_size()
         costs = layer_costs(in_features, config.model.layers)
         self.blocks = split_layers(costs, self.ranks)
@@ -197,7 +207,6 @@ class PipelineTrainer(Trainer):
         N, B = x.shape[0], self.config.train.batch_size
         steps = max(1, N // B) if N >= B else 1
         b = min(B, N)
-        C, value = self.num_classes, self.config.model.label_value
         if self.first:
             perm = torch.randperm(N, device=self.device, generator=self.generator)
         total = torch.zeros(len(self.net.layers), 3, device=self.device)
@@ -210,9 +219,7 @@ class PipelineTrainer(Trainer):
             self._set_lr(self.epoch, s, steps)
             if self.first:
                 idx = perm[s * B : (s + 1) * B]
-                y_neg = self.negative_labels(x[idx], y[idx])
-                h = torch.cat([overlay_labels(x[idx], y[idx], C, value),
-                               overlay_labels(x[idx], y_neg, C, value)])  # (2b, D)
+                h = self.positives_negatives(x[idx], y[idx])  # (2b, D)
             else:
                 h = self._receive(2 * b)  # (2b, D_r)
 
@@ -236,8 +243,9 @@ class PipelineTrainer(Trainer):
     def label_scores(self, x: Tensor) -> Tensor | None:
         """Summed goodness of every label ``(N, C)`` on rank 0 (None elsewhere).
 
-        Rank 0 writes each label into every image; each rank adds the goodness of its
-        scored layers; one reduction sums the ranks' partial scores.
+        Rank 0 computes layer 1 for every image under every label as one process does
+        (:meth:`~forwardforward.model.FFNet.first_layer_all_labels`); each rank adds the
+        goodness of its scored layers; one reduction sums the ranks' partial scores.
         """
         N, C = x.shape[0], self.num_classes
         mc = self.config.model
@@ -247,15 +255,14 @@ class PipelineTrainer(Trainer):
 
         for s in range(0, N, EVAL_BATCH):
             b = min(EVAL_BATCH, N - s)
-            if self.first:
-                labels = torch.arange(C, device=self.device).repeat(b)  # (b*C,)
-                xs = x[s : s + b].repeat_interleave(C, dim=0)  # (b*C, D)
-                h = overlay_labels(xs, labels, C, mc.label_value)
-            else:
-                h = self._receive(b * C)  # (b*C, D_r)
-            with self._autocast():
+            with flush_denormals(), self._autocast():
+                if self.first:
+                    h = self.net.first_layer_all_labels(x[s : s + b]).flatten(0, 1)  # (b*C, H1)
+                else:
+                    h = self._receive(b * C)  # (b*C, D_r)
                 for i in self.block:
-                    h = self.net.layers[i](h)  # (b*C, H_i)
+                    if i > 0 or not self.first:
+                        h = self.net.layers[i](h)  # (b*C, H_i)
                     if i >= int(skip):
                         scores[s * C : (s + b) * C] += goodness(h, mc.goodness)
             self._pass_on(h, pending)
@@ -276,14 +283,18 @@ class PipelineTrainer(Trainer):
 
         A collective: every rank must call it. Other ranks get their own partial state.
         """
+        peer = self.net.peer
         mine = {
-            i: dist.to_cpu((self.net.layers[i].state_dict(), self.optimizers[i].state_dict()))
+            i: dist.to_cpu((self.net.layers[i].state_dict(), self.optimizers[i].state_dict(),
+                            peer[i].state_dict() if peer is not None else None))
             for i in self.block
         }
         parts = dist.gather_object(mine)
         for part in parts or []:
-            for i, (layer_state, opt_state) in part.items():
+            for i, (layer_state, opt_state, peer_state) in part.items():
                 if i not in self.block:
                     self.net.layers[i].load_state_dict(layer_state)
                     self.optimizers[i].load_state_dict(opt_state)
+                    if peer is not None:
+                        peer[i].load_state_dict(peer_state)
         return super().state_dict()

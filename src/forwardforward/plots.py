@@ -33,7 +33,8 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
 
     for ax in (ax_loss, ax_g, ax_err):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no error curve before the first evaluation
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,7 +1,9 @@
 """The Forward-Forward training loop.
 
 Every mini-batch of images gives positive data (each image with its true label written
-in) and negative data (the same image with a wrong label). Each layer takes a step on its
+in) and negative data (the same image with a wrong label); in unsupervised mode the
+positives are the bare images and the negatives hybrids of two images
+(:func:`~forwardforward.negatives.hybrid_images`). Each layer takes a step on its
 own loss :func:`~forwardforward.functional.ff_loss` of its positive and negative goodness,
 then passes its detached activities on. ``simultaneous`` updates every layer on every
 mini-batch; ``sequential`` trains layer 1 for all its epochs, then layer 2, and so on.
@@ -12,6 +14,7 @@ and synchronizes with the host once per log interval.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -28,7 +31,15 @@ from forwardforward import distributed as dist
 from forwardforward.config import RunConfig
 from forwardforward.errors import ConfigError, TrainingError
 from forwardforward.functional import ff_loss
-from forwardforward.model import FFNet, Readout, goodness, overlay_labels, wrong_labels
+from forwardforward.model import (
+    FFNet,
+    Readout,
+    goodness,
+    overlay_labels,
+    rescale,
+    wrong_labels,
+)
+from forwardforward.negatives import hybrid_images, sample_wrong_labels
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +55,11 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available; use cpu")
     if name == "cuda" and dist.world_size() > 1:
         return dist.cuda_device()  # one GPU per rank of this machine
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for, but this machine has "
+                          f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    return device
 
 
 def bf16_is_fast(device: torch.device) -> bool:
@@ -69,6 +84,28 @@ def lr_factor(kind: str, progress: float) -> float:
     if kind == "linear":
         return 1.0 - progress
     return 1.0
+
+
+_flush_depth = 0
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Flush denormal floats to zero inside the block, as they were outside it.
+
+    NOTE: late in training, denormal activities and gradients slow CPU matrix products
+    several-fold; flushing them changes nothing measurable at these magnitudes. Training
+    and prediction both run inside, so evaluation reproduces training's errors.
+    """
+    global _flush_depth
+    _flush_depth += 1
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        _flush_depth -= 1
+        if _flush_depth == 0:
+            torch.set_flush_denormal(False)
 
 
 @dataclass
@@ -105,20 +142,33 @@ class Trainer:
 
     Args:
         config: the resolved run configuration.
-        x_train, y_train: training images ``(N, D)`` float32 and labels ``(N,)`` int64.
+        in_features: input width ``D``.
         num_classes: number of labels ``C``.
+        image_shape: ``(H, W)`` of one image, ``H * W = D``; needed in unsupervised mode,
+            whose hybrid negatives are masked in two dimensions.
     """
 
-    def __init__(self, config: RunConfig, in_features: int, num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        in_features: int,
+        num_classes: int = 10,
+        image_shape: tuple[int, int] | None = None,
+    ) -> None:
         self.config = config
         tc = config.train
         self.device = resolve_device(tc.device)
         self.dtype = resolve_precision(tc.precision, self.device)
         self.num_classes = num_classes
+        self.image_shape = image_shape
+        if config.model.mode == "unsupervised" and (
+            image_shape is None or image_shape[0] * image_shape[1] != in_features
+        ):
+            raise ConfigError(
+                f"unsupervised mode needs the image shape (H, W) with H * W = {in_features} "
+                f"to mask hybrid negatives; got {image_shape}"
+            )
 
-        # NOTE: denormal floats slow CPU matmuls several-fold late in training; flushing
-        # them to zero leaves the results unchanged at these magnitudes.
-        torch.set_flush_denormal(True)
         torch.manual_seed(tc.seed)
         self.net = FFNet(in_features, config.model, num_classes).to(self.device)
         self.readout = Readout(self.net).to(self.device)
@@ -132,13 +182,16 @@ class Trainer:
         self.readout_opt = torch.optim.AdamW(self.readout.parameters(), lr=tc.readout_lr)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)
         self.epoch = 0  # epochs finished
-        # NOTE: every replica draws the same permutation and wrong labels for the whole
-        # batch from its own copy of the generator, then trains on its rows only.
+        # NOTE: every replica draws the same permutation and negatives for the whole batch
+        # from its own copy of the generator, then trains on its rows only.
         data_parallel = tc.parallel == "data"
         self.replicas = dist.Replicas.current() if data_parallel else dist.Replicas()
-        self.step_fn = self._layer_step
+        # the hand-written gradient covers every loss, goodness and precision; the peer
+        # penalty has no closed form here and takes autograd
+        fast = config.model.peer_norm == 0
+        self.step_fn = self._fast_layer_step if fast else self._layer_step
         if tc.compile:
-            self.step_fn = torch.compile(self._layer_step, dynamic=False)
+            self.step_fn = torch.compile(self.step_fn, dynamic=False)
 
     # ----------------------------------------------------------------- schedule
     @property
@@ -181,8 +234,10 @@ class Trainer:
             out = layer(h)  # (2B, H)
         g = goodness(out, mc.goodness)  # (2B,) float32
         loss = ff_loss(g[:B], g[B:], self.net.thetas[i], kind=mc.loss, alpha=mc.alpha)
-        # Limitation: a data-parallel replica's penalty sees only its rows' mean activity
-        total = loss + mc.peer_norm * peer_penalty(out) if mc.peer_norm else loss
+        total = loss
+        if self.net.peer is not None:
+            # Limitation: a data-parallel replica's running mean follows its own rows only
+            total = loss + mc.peer_norm * self.net.peer[i](out[:B])  # positives only
 
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -192,12 +247,87 @@ class Trainer:
         stats = torch.stack([loss.detach(), g[:B].mean().detach(), g[B:].mean().detach()])
         return out.detach(), stats
 
+    @torch.no_grad()
+    def _fast_layer_step(self, i: int, h: Tensor, B: int) -> tuple[Tensor, Tensor]:
+        """:meth:`_layer_step` with the layer's gradient written out, no autograd graph.
+
+        With :math:`\\hat x` the rescaled input and :math:`h = \\operatorname{relu}(W\\hat x + b)`,
+        the chain rule through :math:`g = \\sum_j h_j^2` (or its mean) gives
+
+        .. math::
+
+            \frac{\\partial L}{\\partial W} = (2 c \\odot h)^\top \\hat x, \\qquad
+            \frac{\\partial L}{\\partial b} = \textstyle\\sum_n 2 c_n h_n,
+            \\qquad c = \frac{\\partial L}{\\partial g},
+
+        where ReLU's mask is implied since :math:`h = 0` wherever it is closed. ``c`` comes
+        from autograd through :func:`ff_loss` on the ``(2B,)`` goodness alone, so every loss
+        kind is exact; the matrix products run in the training precision like autocast's.
+        """
+        layer, opt, mc = self.net.layers[i], self.optimizers[i], self.config.model
+        W, b = layer.linear.weight, layer.linear.bias
+        dt = W.dtype if self.dtype == torch.float32 else self.dtype  # as autocast would
+        H = W.shape[0]
+
+        x = rescale(h, layer.unit_norm).to(dt)  # (2B, D)
+        out = torch.addmm(b.to(dt), x, W.to(dt).t()).relu_()  # (2B, H)
+        acc = torch.promote_types(out.dtype, torch.float32)  # float32 at least
+        sq = torch.linalg.vector_norm(out, dim=1, dtype=acc).square()  # (2B,)
+        g = (sq / H if mc.goodness == "mean" else sq).requires_grad_()
+
+        with torch.enable_grad():
+            loss = ff_loss(g[:B], g[B:], self.net.thetas[i], kind=mc.loss, alpha=mc.alpha)
+            (c,) = torch.autograd.grad(loss, g)  # (2B,)
+        scale = 2 * c / H if mc.goodness == "mean" else 2 * c
+        d_out = out * scale[:, None].to(dt)  # (2B, H) = dL/d(pre-activation)
+
+        W.grad = (d_out.t() @ x).to(W.dtype)  # (H, D)
+        b.grad = d_out.sum(dim=0, dtype=b.dtype)  # (H,)
+        self.replicas.average_gradients(layer.parameters(), weight=B)
+        opt.step()
+
+        stats = torch.stack([loss.detach(), g[:B].mean(), g[B:].mean()])
+        return out, stats
+
     def negative_labels(self, x: Tensor, y: Tensor) -> Tensor:
-        """Wrong labels for the negatives of a batch: uniform, or sampled from the model."""
+        """Wrong labels for the negatives of a batch: uniform, or sampled from the model.
+
+        Hard negatives follow the model's own probabilities of the wrong labels: the
+        softmax of the read-out's logits when it predicts, else of the summed goodness of
+        each label (:func:`~forwardforward.negatives.sample_wrong_labels`). Data-parallel
+        replicas each score their rows and all draw from the gathered scores of the batch.
+        """
         if self.config.train.negatives == "hard":
-            return hard_wrong_labels(self.net, x, y, self.generator, self._autocast,
-                                     self.replicas)
+            with torch.no_grad():
+                logits = self.class_logits(self.replicas.shard(x))  # (B_k, C)
+            logits = self.replicas.gather_rows(logits, x.shape[0])  # (B, C)
+            # NOTE: a diverged net scores NaN, on which multinomial raises; sampling uniformly
+            # instead lets the loss check report the divergence with its epoch and layer
+            logits = torch.nan_to_num(logits, nan=0.0)
+            return sample_wrong_labels(logits, y, generator=self.generator)
         return wrong_labels(y, self.num_classes, self.generator)
+
+    def class_logits(self, x: Tensor) -> Tensor:
+        """The model's class scores ``(B, C)`` (float32), by the configured prediction."""
+        with self._autocast():
+            if self.config.train.predict == "softmax":
+                return self.readout(self.readout.features(self.net, x)).float()
+            return self.net.label_scores(x).float()
+
+    def positives_negatives(self, x: Tensor, y: Tensor) -> Tensor:
+        """Positive over negative inputs ``(2B, D)`` for a batch of images ``(B, D)``.
+
+        Supervised: the true label, then a wrong one, written into each image.
+        Unsupervised: the bare images, then hybrids of pairs of them.
+        """
+        if not self.net.supervised:
+            blurs = self.config.train.mask_blurs
+            x_neg = hybrid_images(x, self.image_shape, blurs, generator=self.generator)
+            return torch.cat([x, x_neg])
+
+        C, value = self.num_classes, self.config.model.label_value
+        y_neg = self.negative_labels(x, y)
+        return torch.cat([overlay_labels(x, y, C, value), overlay_labels(x, y_neg, C, value)])
 
     def train_step(self, x: Tensor, y: Tensor, layers: range) -> Tensor:
         """Update ``layers`` on one mini-batch; returns stats ``(L, 3)`` (zeros elsewhere).
@@ -205,11 +335,12 @@ class Trainer:
         With data-parallel replicas, ``x`` and ``y`` are the whole batch; this replica
         trains on its rows and its stats are means over them.
         """
-        C, value = self.num_classes, self.config.model.label_value
-        y_neg = self.negative_labels(x, y)
-        x, y, y_neg = (self.replicas.shard(t) for t in (x, y, y_neg))
         B = x.shape[0]
-        h = torch.cat([overlay_labels(x, y, C, value), overlay_labels(x, y_neg, C, value)])
+        h = self.positives_negatives(x, y)  # (2B, D), the same on every replica
+        if self.replicas.size > 1:  # keep this replica's rows of positives and negatives
+            h = torch.cat([self.replicas.shard(h[:B]), self.replicas.shard(h[B:])])  # (2B_k, D)
+            x, y = self.replicas.shard(x), self.replicas.shard(y)
+            B = x.shape[0]
 
         stats = torch.zeros(len(self.net.layers), 3, device=self.device)
         with torch.no_grad(), self._autocast():
@@ -275,9 +406,22 @@ class Trainer:
                 )
 
     @torch.no_grad()
+    def _check_weights(self) -> None:
+        """Refuse to finish an epoch whose weights are non-finite (one host sync)."""
+        parts = [(f"layer {i + 1}", layer) for i, layer in enumerate(self.net.layers)]
+        parts.append(("the softmax read-out", self.readout))
+        finite = torch.stack(
+            [torch.stack([p.isfinite().all() for p in m.parameters()]).all() for _, m in parts]
+        ).tolist()  # (L + 1,)
+        for (name, _), ok in zip(parts, finite, strict=True):
+            if not ok:
+                raise TrainingError(f"non-finite weights in epoch {self.epoch + 1}, {name}")
+
+    @torch.no_grad()
     def predictions(self, x: Tensor) -> Tensor:
         """Predicted labels ``(N,)`` for images ``(N, D)``, in chunks of EVAL_BATCH."""
-        chunks = [self.predict(x[s : s + EVAL_BATCH]) for s in range(0, x.shape[0], EVAL_BATCH)]
+        with flush_denormals():
+            chunks = [self.predict(x[s : s + EVAL_BATCH]) for s in range(0, len(x), EVAL_BATCH)]
         return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
 
     def error(self, x: Tensor, y: Tensor) -> float:
@@ -309,9 +453,14 @@ class Trainer:
             data: ``x_train``, ``y_train``, ``x_test``, ``y_test`` and the fixed training
                 subset ``x_train_eval``, ``y_train_eval``, all on the device.
         """
+        with flush_denormals():
+            return self._fit(data, callback, progress)
+
+    def _fit(self, data, callback, progress) -> list[EpochResult]:
         results = []
         while self.epoch < self.total_epochs:
             stats, seconds = self.train_epoch(data["x_train"], data["y_train"], progress)
+            self._check_weights()
             self.epoch += 1
             tc = self.config.train
             last = self.epoch == self.total_epochs
@@ -358,37 +507,6 @@ class Trainer:
         self.readout_opt.load_state_dict(state["readout_opt"])
         self.generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
-
-
-def peer_penalty(h: Tensor) -> Tensor:
-    """Peer normalization: squared deviation of each unit's mean activity from their mean.
-
-    .. math:: P = \\sum_j (\\bar h_j - \\operatorname{mean}_k \\bar h_k)^2,
-        \\quad \\bar h_j = \\operatorname{mean}_b h_{bj}
-    """
-    mean_unit = h.float().mean(dim=0)  # (H,)
-    return (mean_unit - mean_unit.mean()).pow(2).sum()
-
-
-@torch.no_grad()
-def hard_wrong_labels(
-    net: FFNet, x: Tensor, y: Tensor, generator, autocast,
-    replicas: dist.Replicas | None = None,
-) -> Tensor:
-    """Wrong labels sampled in proportion to the model's probabilities of the wrong labels.
-
-    .. math:: P(y^- = c) \\propto \\operatorname{softmax}_c(s), \\quad c \\ne y
-
-    with ``s`` the summed goodness of each label; the true label has probability 0. Each
-    of the ``replicas`` scores its rows; all draw from the gathered scores of the batch.
-    """
-    replicas = replicas or dist.Replicas()
-    with autocast():
-        s = net.label_scores(replicas.shard(x)).float()  # (B_k, C)
-    s = replicas.gather_rows(s, x.shape[0])  # (B, C)
-    s = s.scatter(1, y[:, None], float("-inf"))
-    p = torch.softmax(s, dim=1)  # (B, C), zero at the true label
-    return torch.multinomial(p, 1, generator=generator).squeeze(1)
 
 
 def _postfix(mean: list[list[float]], layers: range, rate: float) -> str:
