@@ -188,7 +188,7 @@ class PipelineTrainer(Trainer):
         # until wait() is what the documentation asks, untested here for want of a GPU.
         if len(pending) == IN_FLIGHT:
             dist.wait(pending.popleft()[0])
-        h = h.contiguous()
+        h = h.to(self.dtype).contiguous()  # the dtype the next rank receives
         pending.append((dist.send(h, self.rank + 1), h))  # h stays alive until sent
 
     @staticmethod
@@ -261,7 +261,7 @@ class PipelineTrainer(Trainer):
                 else:
                     h = self._receive(b * C)  # (b*C, D_r)
                 for i in self.block:
-                    if i > 0 or not self.first:
+                    if i > 0:  # layer 1 (rank 0's) is done above
                         h = self.net.layers[i](h)  # (b*C, H_i)
                     if i >= int(skip):
                         scores[s * C : (s + b) * C] += goodness(h, mc.goodness)
