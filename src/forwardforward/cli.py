@@ -21,8 +21,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from forwardforward import distributed as dist
 from forwardforward.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_toml
-from forwardforward.errors import ConfigError, ForwardForwardError, TrainingError
+from forwardforward.distributed import DEFAULT_TIMEOUT
+from forwardforward.errors import ConfigError, DistributedError, ForwardForwardError, TrainingError
 
 log = logging.getLogger("forwardforward")
 
@@ -98,6 +100,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--force", action="store_true", help="overwrite the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before it "
+                   f"stops with an error (default: {DEFAULT_TIMEOUT:g})")
     for table, klass in TABLES.items():
         group = p.add_argument_group(table)
         for f in dataclasses.fields(klass):
@@ -138,15 +143,20 @@ def run_train(args: argparse.Namespace) -> int:
 
         out = Path("runs") / f"{config.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        final = train_run(config, out, resume=args.resume, force=args.force,
-                          progress=not args.no_progress)
+        with dist.process_group(args.dist_timeout):
+            if not dist.is_main():  # rank 0 speaks for the run
+                logging.getLogger("forwardforward").setLevel(logging.WARNING)
+            final = train_run(config, out, resume=args.resume, force=args.force,
+                              progress=not args.no_progress and dist.is_main())
+            main_rank = dist.is_main()
     except Interrupted as err:
         print(f"forwardforward: {_one_line(err)}", file=sys.stderr)
         return 130
-    except TrainingError as err:
+    except (TrainingError, DistributedError) as err:
         print(f"forwardforward: error: {_one_line(err)}", file=sys.stderr)
         return 1
-    _report(final, out)
+    if main_rank:
+        _report(final, out)
     return 0
 
 

@@ -111,6 +111,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where fast
     eval_every: int = 1  # measure errors every N epochs (and always after the last)
     compile: bool = False  # torch.compile the layer step
+    parallel: Literal["data", "pipeline"] = "data"  # how torchrun's ranks share the work
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs <= 0:
@@ -128,6 +129,7 @@ class TrainConfig:
             raise ConfigError(f"mask-blurs must be an integer in 0..13, got {self.mask_blurs!r}")
         _choice("predict", self.predict, ("goodness", "softmax"))
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        _choice("parallel", self.parallel, ("data", "pipeline"))
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         if not isinstance(self.eval_every, int) or self.eval_every <= 0:

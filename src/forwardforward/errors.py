@@ -23,3 +23,7 @@ class CheckpointError(ForwardForwardError):
 
 class TrainingError(ForwardForwardError):
     """Training diverged: a loss or goodness became non-finite."""
+
+
+class DistributedError(ForwardForwardError):
+    """Another rank failed, was killed, or did not answer within the distributed timeout."""

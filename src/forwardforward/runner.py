@@ -30,6 +30,7 @@ from forwardforward.config import RunConfig
 from forwardforward.data import load_dataset
 from forwardforward.errors import CheckpointError, ConfigError, DataError, TrainingError
 from forwardforward.guard import is_out_of_memory, memory_error, run_lock, sigint_held, writing
+from forwardforward.pipeline import PipelineTrainer, check_pipeline, share_data
 from forwardforward.plots import plot_curves
 from forwardforward.train import EpochResult, Trainer, resolve_device
 
@@ -148,12 +149,13 @@ class RunWriter:
         self.last_plot = time.monotonic()
 
     def __call__(self, result: EpochResult) -> None:
+        state = self.trainer.state_dict()  # on every rank: a pipeline gathers it to rank 0
         if not dist.is_main():
             return
         with sigint_held(), writing(self.out):
             self.rows.append(result.row())
             write_metrics_csv(self.out / "metrics.csv", self.rows)
-            state = self.trainer.state_dict() | {"device": self.trainer.device.type}
+            state = state | {"device": self.trainer.device.type}
             save_checkpoint(self.out / CHECKPOINT, state, self.trainer.config.to_dict())
             self.saved_epoch = result.epoch
 
@@ -215,16 +217,14 @@ def train_run(
         Interrupted: SIGINT arrived (finished epochs are kept).
     """
     out = Path(out)
-    check_out_dir(out, resume, force)
-    if resume:
-        state, saved = load_checkpoint(out / CHECKPOINT)
-        config = _resume_config(config, saved, out)
-    if config is None:
-        raise ConfigError("a config is needed unless resuming")
-
-    data = load_run_data(config, resolve_device(config.train.device), progress)
+    config, state = dist.on_main(lambda: _open_run(config, out, resume, force), share=True)
+    pipelined = config.train.parallel == "pipeline" and dist.world_size() > 1
+    if pipelined:
+        check_pipeline(config, dist.world_size())
+    data = _load_data(config, pipelined, progress)
+    klass = PipelineTrainer if pipelined else Trainer
     try:
-        trainer = Trainer(config, data.in_features, data.num_classes, data.image_shape)
+        trainer = klass(config, data.in_features, data.num_classes, data.image_shape)
     except RuntimeError as err:
         if is_out_of_memory(err):
             raise _memory_error(err, config) from None
@@ -285,6 +285,33 @@ def _train(
         with writing(out):
             atomic_write(out / "metrics.json", json.dumps(final, indent=2) + "\n")
     return final
+
+
+def _open_run(
+    config: RunConfig | None, out: Path, resume: bool, force: bool
+) -> tuple[RunConfig, dict[str, Any] | None]:
+    """Check ``out``; when resuming, read its checkpoint. Returns the config and state."""
+    check_out_dir(out, resume, force)
+    state = None
+    if resume:
+        state, saved = load_checkpoint(out / CHECKPOINT)
+        config = _resume_config(config, saved, out)
+    if config is None:
+        raise ConfigError("a config is needed unless resuming")
+    return config, state
+
+
+def _load_data(config: RunConfig, pipelined: bool, progress: bool) -> RunData:
+    """The run's data: rank 0 loads first (and downloads once), then the other ranks.
+
+    In a pipeline only rank 0 holds the data; the others get its shapes.
+    """
+    device = resolve_device(config.train.device)
+    data = dist.on_main(lambda: load_run_data(config, device, progress))
+    if pipelined:
+        sizes = (data.in_features, data.num_classes, data.image_shape) if data else None
+        return RunData(share_data(data.tensors if data else None), *dist.broadcast_object(sizes))
+    return data if data is not None else load_run_data(config, device, progress)
 
 
 def _precision_reason(trainer: Trainer) -> str:

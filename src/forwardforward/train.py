@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from forwardforward import distributed as dist
 from forwardforward.config import RunConfig
 from forwardforward.errors import ConfigError, TrainingError
 from forwardforward.functional import ff_loss
@@ -49,9 +50,11 @@ EVAL_BATCH = 1000  # images per evaluation chunk
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; an unavailable CUDA device is a ConfigError."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available; use cpu")
+    if name == "cuda" and dist.world_size() > 1:
+        return dist.cuda_device()  # one GPU per rank of this machine
     device = torch.device(name)
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ConfigError(f"device {name!r} asked for, but this machine has "
@@ -179,6 +182,10 @@ class Trainer:
         self.readout_opt = torch.optim.AdamW(self.readout.parameters(), lr=tc.readout_lr)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)
         self.epoch = 0  # epochs finished
+        # NOTE: every replica draws the same permutation and negatives for the whole batch
+        # from its own copy of the generator, then trains on its rows only.
+        data_parallel = tc.parallel == "data"
+        self.replicas = dist.Replicas.current() if data_parallel else dist.Replicas()
         # the hand-written gradient covers every loss, goodness and precision; the peer
         # penalty has no closed form here and takes autograd
         fast = config.model.peer_norm == 0
@@ -229,10 +236,12 @@ class Trainer:
         loss = ff_loss(g[:B], g[B:], self.net.thetas[i], kind=mc.loss, alpha=mc.alpha)
         total = loss
         if self.net.peer is not None:
+            # Limitation: a data-parallel replica's running mean follows its own rows only
             total = loss + mc.peer_norm * self.net.peer[i](out[:B])  # positives only
 
         opt.zero_grad(set_to_none=True)
         total.backward()
+        self.replicas.average_gradients(layer.parameters(), weight=B)
         opt.step()
 
         stats = torch.stack([loss.detach(), g[:B].mean().detach(), g[B:].mean().detach()])
@@ -274,6 +283,7 @@ class Trainer:
 
         W.grad = (d_out.t() @ x).to(W.dtype)  # (H, D)
         b.grad = d_out.sum(dim=0, dtype=b.dtype)  # (H,)
+        self.replicas.average_gradients(layer.parameters(), weight=B)
         opt.step()
 
         stats = torch.stack([loss.detach(), g[:B].mean(), g[B:].mean()])
@@ -284,11 +294,13 @@ class Trainer:
 
         Hard negatives follow the model's own probabilities of the wrong labels: the
         softmax of the read-out's logits when it predicts, else of the summed goodness of
-        each label (:func:`~forwardforward.negatives.sample_wrong_labels`).
+        each label (:func:`~forwardforward.negatives.sample_wrong_labels`). Data-parallel
+        replicas each score their rows and all draw from the gathered scores of the batch.
         """
         if self.config.train.negatives == "hard":
             with torch.no_grad():
-                logits = self.class_logits(x)  # (B, C)
+                logits = self.class_logits(self.replicas.shard(x))  # (B_k, C)
+            logits = self.replicas.gather_rows(logits, x.shape[0])  # (B, C)
             # NOTE: a diverged net scores NaN, on which multinomial raises; sampling uniformly
             # instead lets the loss check report the divergence with its epoch and layer
             logits = torch.nan_to_num(logits, nan=0.0)
@@ -318,9 +330,17 @@ class Trainer:
         return torch.cat([overlay_labels(x, y, C, value), overlay_labels(x, y_neg, C, value)])
 
     def train_step(self, x: Tensor, y: Tensor, layers: range) -> Tensor:
-        """Update ``layers`` on one mini-batch; returns stats ``(L, 3)`` (zeros elsewhere)."""
+        """Update ``layers`` on one mini-batch; returns stats ``(L, 3)`` (zeros elsewhere).
+
+        With data-parallel replicas, ``x`` and ``y`` are the whole batch; this replica
+        trains on its rows and its stats are means over them.
+        """
         B = x.shape[0]
-        h = self.positives_negatives(x, y)  # (2B, D)
+        h = self.positives_negatives(x, y)  # (2B, D), the same on every replica
+        if self.replicas.size > 1:  # keep this replica's rows of positives and negatives
+            h = torch.cat([self.replicas.shard(h[:B]), self.replicas.shard(h[B:])])  # (2B_k, D)
+            x, y = self.replicas.shard(x), self.replicas.shard(y)
+            B = x.shape[0]
 
         stats = torch.zeros(len(self.net.layers), 3, device=self.device)
         with torch.no_grad(), self._autocast():
@@ -339,6 +359,7 @@ class Trainer:
         loss = F.cross_entropy(self.readout(features), y)
         self.readout_opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.replicas.average_gradients(self.readout.parameters(), weight=x.shape[0])
         self.readout_opt.step()
 
     # ----------------------------------------------------------------- epochs
@@ -351,6 +372,11 @@ class Trainer:
         B = self.config.train.batch_size
         steps = max(1, N // B) if N >= B else 1
         layers = self.active_layers(self.epoch)
+        if min(N, B) < self.replicas.size:
+            raise ConfigError(
+                f"{self.replicas.size} data-parallel ranks need a batch of at least as many "
+                f"examples, got {min(N, B)}; raise --batch-size or start fewer ranks"
+            )
         perm = torch.randperm(N, device=self.device, generator=self.generator)
         total = torch.zeros(len(self.net.layers), 3, device=self.device)
 
@@ -360,13 +386,15 @@ class Trainer:
         for s in bar:
             self._set_lr(self.epoch, s, steps)
             idx = perm[s * B : (s + 1) * B]
-            total += self.train_step(x[idx], y[idx], layers)
+            share = self.replicas.share(idx.shape[0])  # this replica's fraction of the batch
+            total += self.train_step(x[idx], y[idx], layers) * share
             if (s + 1) % LOG_EVERY == 0 or s + 1 == steps:
-                mean = (total / (s + 1)).tolist()  # the one host sync of the interval
+                mean = (self.replicas.sum(total) / (s + 1)).tolist()  # the interval's host sync
                 self._check_finite(mean, layers)
                 rate = (s + 1) * B / (time.perf_counter() - start)
                 if progress:
                     bar.set_postfix_str(_postfix(mean, layers, rate))
+        total = self.replicas.sum(total)
         seconds = time.perf_counter() - start
         return total / steps, seconds
 
@@ -397,8 +425,13 @@ class Trainer:
         return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
 
     def error(self, x: Tensor, y: Tensor) -> float:
-        """Fraction of ``x`` misclassified by the configured prediction method."""
-        return (self.predictions(x) != y).sum().item() / max(1, x.shape[0])
+        """Fraction of ``x`` misclassified by the configured prediction method.
+
+        Data-parallel replicas each predict their rows and add up the mistakes.
+        """
+        rows = self.replicas.rows(x.shape[0])
+        wrong = (self.predictions(x[rows]) != y[rows]).sum()
+        return self.replicas.sum(wrong).item() / max(1, x.shape[0])
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
