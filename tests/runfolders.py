@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from forwardforward.idx import write_idx
 
@@ -39,3 +40,12 @@ def metrics_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a ``metrics.csv`` as text, without the columns that measure time."""
     with path.open(newline="") as f:
         return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def single_thread():
+    """One intra-op thread while a module runs, as in the subprocesses the tests start, so
+    in-process runs are bit-comparable with them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -35,6 +35,7 @@ from runfolders import (
     TEST_LABELS,
     metrics_rows,
     run_args,
+    single_thread,
     write_idx_set,
 )
 
@@ -42,14 +43,7 @@ SRC = Path(forwardforward.__file__).resolve().parents[1]
 NO_NETWORK = "http://127.0.0.1:1/"  # a refused port: a download attempt fails at once
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread, as in the subprocesses, so in-process runs are bit-comparable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(False)  # the Trainer turns it on for the whole process
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 @pytest.fixture(autouse=True)

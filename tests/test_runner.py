@@ -14,16 +14,9 @@ from forwardforward.config import DataConfig, ModelConfig, RunConfig, TrainConfi
 from forwardforward.errors import CheckpointError, ConfigError, DataError
 from forwardforward.guard import sigint_held
 from forwardforward.runner import Interrupted, check_out_dir, train_run
-from runfolders import metrics_rows, write_idx_set
+from runfolders import metrics_rows, single_thread, write_idx_set
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(False)  # the Trainer turns it on for the whole process
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 @pytest.fixture(scope="module")
