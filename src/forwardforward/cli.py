@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -232,6 +231,3 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split("\n"))
 
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=2)
