@@ -239,39 +239,33 @@ def wait_for_first_epoch(proc: subprocess.Popen) -> None:
     pytest.fail("rank 0 ended before its first epoch finished")
 
 
-@pytest.mark.slow
-def test_killed_rank_makes_the_survivor_exit_with_a_one_line_error(tmp_path):
-    # the survivor waits in a receive of the pipeline when its peer's socket closes
-    survivor, victim = start_ranks(tmp_path / "run", ["--parallel", "pipeline"], timeout=30)
+def _survivor_stderr(tmp_path, parallel: str, timeout: int, hurt) -> str:
+    """Start two ranks, ``hurt`` one after the first epoch; the survivor's exit and stderr."""
+    survivor, victim = start_ranks(tmp_path / "run", ["--parallel", parallel], timeout=timeout)
     try:
         wait_for_first_epoch(survivor)
-        victim.kill()
+        hurt(victim)
         _, err = survivor.communicate(timeout=60)
     finally:
         for p in (survivor, victim):
             p.kill()
             p.wait()
-
     assert survivor.returncode == 1
-    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_killed_rank_makes_the_survivor_exit_with_a_one_line_error(tmp_path):
+    # the survivor waits in a receive of the pipeline when its peer's socket closes
+    last = _survivor_stderr(tmp_path, "pipeline", 30, lambda p: p.kill())
     assert last.startswith("forwardforward: error: rank 0 of 2 lost contact with the other")
     assert "failed or was killed" in last
-    assert "Traceback" not in err
 
 
 @pytest.mark.slow
 def test_stopped_rank_makes_the_survivor_give_up_after_the_dist_timeout(tmp_path):
-    # the survivor waits in a data-parallel all-reduce that its frozen peer never joins
-    survivor, victim = start_ranks(tmp_path / "run", ["--parallel", "data"], timeout=3)
-    try:
-        wait_for_first_epoch(survivor)
-        victim.send_signal(signal.SIGSTOP)  # alive, holding its sockets, never answering
-        _, err = survivor.communicate(timeout=60)
-    finally:
-        for p in (survivor, victim):
-            p.kill()
-            p.wait()
-
-    assert survivor.returncode == 1
-    last = err.strip().splitlines()[-1]
+    # the survivor waits in a data-parallel all-reduce that its frozen peer never joins;
+    # SIGSTOP keeps the peer alive, holding its sockets, never answering
+    last = _survivor_stderr(tmp_path, "data", 3, lambda p: p.send_signal(signal.SIGSTOP))
     assert "Timed out" in last and "--dist-timeout (3 s)" in last
